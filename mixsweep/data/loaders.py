@@ -1,0 +1,148 @@
+"""Loaders: per-step (labeled, unlabeled) batches, normalised, on the device.
+
+``memory`` (default) keeps the whole training set as one padded uint8 tensor on
+the training device; each epoch draws a seeded permutation and does random crop
++ flip as batched tensor ops (no worker processes). All randomness of epoch e
+comes from generators seeded by (seed, e), so a resumed trial sees exactly the
+batches an uninterrupted one would.
+
+An epoch is ``ceil(len(train) / batch_size)`` steps whatever the labeled
+fraction: the labeled stream cycles through the labeled subset, the unlabeled
+stream through the pool.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from mixsweep.data.datasets import ArrayDataset
+from mixsweep.data.split import Split
+
+
+@dataclass(frozen=True)
+class Batch:
+    x: torch.Tensor  # labeled images, float, normalised
+    y: torch.Tensor  # int64 labels
+    xu: torch.Tensor | None  # unlabeled images (modes with a consistency loss)
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator owned by one (seed, epoch, stream): resumable randomness."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 7 + stream)
+
+
+def stream_indices(pool: torch.Tensor, count: int, g: torch.Generator) -> torch.Tensor:
+    """``count`` indices from ``pool``: back-to-back shuffles, so every item is seen."""
+    reps = math.ceil(count / len(pool))
+    order = torch.cat([torch.randperm(len(pool), generator=g) for _ in range(reps)])
+    return pool[order[:count]]
+
+
+def crop_flip_params(n: int, pad: int, flip: bool, g: torch.Generator):
+    """Per-example crop offsets in [0, 2*pad] and flip flags (the augmentation law)."""
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    fl = torch.rand(n, generator=g) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return dy, dx, fl
+
+
+def crop_flip(padded: torch.Tensor, dy, dx, fl, size: tuple[int, int]) -> torch.Tensor:
+    """Batched random crop (from a zero-padded batch) + horizontal flip, one gather."""
+    h, w = size
+    dev = padded.device
+    b = torch.arange(padded.shape[0], device=dev)
+    rows = dy.to(dev)[:, None] + torch.arange(h, device=dev)
+    cols = dx.to(dev)[:, None] + torch.arange(w, device=dev)
+    cols = torch.where(fl.to(dev)[:, None], cols.flip(1), cols)
+    out = padded[b[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2)
+
+
+class Normalize:
+    def __init__(self, data: ArrayDataset, device: torch.device):
+        c = len(data.mean)
+        self.mean = torch.tensor(data.mean, device=device).view(1, c, 1, 1) * 255
+        self.std = torch.tensor(data.std, device=device).view(1, c, 1, 1) * 255
+
+    def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        return (x_uint8.float() - self.mean) / self.std
+
+
+class MemoryLoader:
+    """The whole dataset on the device; augmentation batched there."""
+
+    def __init__(
+        self,
+        data: ArrayDataset,
+        split: Split,
+        batch_size: int,
+        device: torch.device,
+        *,
+        augment: bool = True,
+        unlabeled: bool = False,
+        seed: int = 0,
+    ):
+        self.data, self.split, self.batch_size = data, split, batch_size
+        self.device, self.augment, self.unlabeled, self.seed = device, augment, unlabeled, seed
+        self.steps_per_epoch = math.ceil(len(data.train_y) / batch_size)
+        p = data.pad if augment else 0
+        self.pad = p
+        x = data.train_x.to(device)
+        self.train = torch.nn.functional.pad(x, (p, p, p, p)) if p else x
+        self.labels = data.train_y.to(device)
+        self.norm = Normalize(data, device)
+        self.size = data.shape[1:]
+
+    def _images(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        src = self.train[idx.to(self.device)]
+        if self.augment:
+            dy, dx, fl = crop_flip_params(len(idx), self.pad, self.data.flip, g)
+            src = crop_flip(src, dy, dx, fl, self.size)
+        return self.norm(src)
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        n = self.steps_per_epoch * self.batch_size
+        g_lab, g_unl = epoch_generator(self.seed, epoch, 0), epoch_generator(self.seed, epoch, 1)
+        lab = stream_indices(self.split.labeled, n, g_lab).view(self.steps_per_epoch, -1)
+        unl = (
+            stream_indices(self.split.unlabeled, n, g_unl).view(self.steps_per_epoch, -1)
+            if self.unlabeled
+            else None
+        )
+        for step in range(self.steps_per_epoch):
+            x = self._images(lab[step], g_lab)
+            y = self.labels[lab[step].to(self.device)]
+            xu = self._images(unl[step], g_unl) if unl is not None else None
+            yield Batch(x, y, xu)
+
+
+def eval_batches(
+    data: ArrayDataset, device: torch.device, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The test set, normalised, no augmentation."""
+    norm = Normalize(data, device)
+    for i in range(0, len(data.test_y), batch_size):
+        yield norm(data.test_x[i : i + batch_size].to(device)), data.test_y[i : i + batch_size].to(device)
+
+
+def make_loader(
+    kind: str,
+    data: ArrayDataset,
+    split: Split,
+    batch_size: int,
+    device: torch.device,
+    *,
+    augment: bool,
+    unlabeled: bool,
+    seed: int,
+):
+    """The loader named by ``data.loader``; every kind yields the same ``Batch`` stream shape."""
+    if kind == "memory":
+        return MemoryLoader(
+            data, split, batch_size, device, augment=augment, unlabeled=unlabeled, seed=seed
+        )
+    raise ValueError(f"unknown loader {kind!r}; allowed: memory, torch, ffcv")

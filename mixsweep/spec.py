@@ -1,0 +1,432 @@
+"""The sweep file: pydantic models, validation and grid expansion.
+
+A sweep file (YAML) has the sections ``data``, ``model``, ``train``, ``mixup``,
+``linearity`` (per-trial settings), ``seeds``, and the sweep-level sections
+``resources``, ``tracking``, ``slurm``. In the per-trial sections any scalar
+value may be written as a list: that key becomes a grid axis and the sweep is
+the product of all axes. ``expand()`` turns a ``SweepSpec`` into the list of
+``TrialConfig`` (one per trial), collapsing axes a mode ignores (erm and mt have
+no k/alpha; erm and sup have no consistency settings) so no trial runs twice.
+
+Every model is frozen and rejects unknown keys (``extra="forbid"``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+DATASETS = ("cifar10", "cifar100", "svhn", "digits", "synthetic")
+ARCHS = ("cnn", "resnet18", "wrn28_2")
+MODES = ("erm", "sup", "unsup", "both", "mt")
+LOADERS = ("memory", "torch", "ffcv")
+MIXING_MODES = frozenset({"sup", "unsup", "both"})  # modes that use k and alpha
+CONSISTENCY_MODES = frozenset({"unsup", "both", "mt"})  # modes with an EMA teacher
+
+DEFAULT_TARGETS = {
+    "cifar10": 0.85,
+    "cifar100": 0.55,
+    "svhn": 0.93,
+    "digits": 0.95,
+    "synthetic": 0.9,
+}
+
+
+class SpecError(ValueError):
+    """A sweep or trial file is invalid. ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- per-trial sections
+
+
+class DataConfig(_Frozen):
+    dataset: Literal["cifar10", "cifar100", "svhn", "digits", "synthetic"] = "digits"
+    labeled_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    loader: Literal["memory", "torch", "ffcv"] = "memory"
+    augment: bool = True
+    split_seed: int | None = None  # None: the trial's seed chooses the labeled subset
+    root: str = "~/.cache/mixsweep/data"  # environment, not identity
+    download: bool = False  # environment, not identity
+
+
+class ModelConfig(_Frozen):
+    arch: Literal["cnn", "resnet18", "wrn28_2"] = "cnn"
+    width: Annotated[int, Field(ge=1)] = 32  # base width of `cnn` (others use their paper widths)
+
+
+class TrainConfig(_Frozen):
+    epochs: Annotated[int, Field(ge=1)] = 10
+    batch_size: Annotated[int, Field(ge=2)] = 128
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: Annotated[float, Field(gt=0)] = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = True
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: Annotated[float, Field(ge=0)] = 0.0
+    # a number, or a per-dataset map in a sweep file; resolved to a number per trial
+    target_accuracy: Annotated[float, Field(gt=0, le=1)] | None = None
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (GPU)
+    channels_last: bool = False  # GPU memory format
+    compile: bool = False  # torch.compile the model
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # environment, not identity
+    eval_batch_size: Annotated[int, Field(ge=1)] = 1024  # environment, not identity
+    epoch_seconds_hint: Annotated[float, Field(gt=0)] | None = None  # for --dry-run estimates
+
+
+class MixupConfig(_Frozen):
+    mode: Literal["erm", "sup", "unsup", "both", "mt"] = "erm"
+    k: Annotated[int, Field(ge=2)] | None = 2
+    alpha: Annotated[float, Field(gt=0)] | None = 1.0
+    unsup_weight: Annotated[float, Field(ge=0)] | None = 10.0
+    ema_max_decay: Annotated[float, Field(ge=0, lt=1)] | None = 0.999
+    rampup: Annotated[float, Field(ge=0, le=1)] | None = 0.4  # fraction of training
+
+
+class LinearityConfig(_Frozen):
+    probes: Annotated[int, Field(ge=2)] = 512
+    every: Annotated[int, Field(ge=1)] = 5
+    k: Annotated[int, Field(ge=2)] = 2
+    alpha: Annotated[float, Field(gt=0)] = 1.0
+    seed: int = 0
+
+
+# Keys that describe the environment a trial runs in, not the trial: they do
+# not enter the trial id, so moving data or switching device never re-runs.
+_NOT_IDENTITY = {
+    "data": {"root", "download"},
+    "train": {"device", "eval_batch_size", "epoch_seconds_hint"},
+}
+
+
+class TrialConfig(_Frozen):
+    """Everything one trial needs: one value per key."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    mixup: MixupConfig = MixupConfig()
+    linearity: LinearityConfig = LinearityConfig()
+    seed: int = 0
+
+    @property
+    def trial_id(self) -> str:
+        """First 12 hex of sha256 of the canonical JSON of the identity fields."""
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def identity(self) -> dict[str, Any]:
+        d = self.model_dump(mode="json")
+        for section, keys in _NOT_IDENTITY.items():
+            for key in keys:
+                d[section].pop(key, None)
+        return d
+
+    @property
+    def split_seed(self) -> int:
+        return self.seed if self.data.split_seed is None else self.data.split_seed
+
+    def flat(self) -> dict[str, Any]:
+        """One flat dict (``section.key``) for tables and W&B configs."""
+        out: dict[str, Any] = {"seed": self.seed}
+        for section in ("data", "model", "train", "mixup", "linearity"):
+            for key, value in getattr(self, section).model_dump(mode="json").items():
+                out[f"{section}.{key}"] = value
+        return out
+
+
+# --------------------------------------------------------------------------- sweep-level sections
+
+
+class ResourcesConfig(_Frozen):
+    cpus_per_trial: Annotated[float, Field(gt=0)] = 1
+    gpus_per_trial: Annotated[float, Field(ge=0)] = 0
+    max_concurrent: Annotated[int, Field(ge=1)] | None = None
+    max_failures: Annotated[int, Field(ge=0)] = 3
+
+
+class WandbConfig(_Frozen):
+    project: str = "mixsweep"
+    entity: str | None = None
+    mode: Literal["offline", "online", "disabled"] = "offline"
+
+
+class TrackingConfig(_Frozen):
+    wandb: WandbConfig = WandbConfig()
+
+
+_SLURM_TIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$|^\d+$")
+
+
+class SlurmConfig(_Frozen):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    nodes: Annotated[int, Field(ge=1)] = 1
+    gpus_per_node: Annotated[int, Field(ge=0)] = 0
+    cpus_per_node: Annotated[int, Field(ge=1)] = 2
+    mem: str | None = None  # e.g. "64G"; None: SLURM's default
+    time: str = "01:00:00"
+    grace_seconds: Annotated[int, Field(ge=10)] = 300  # USR1 this long before the time limit
+    setup: list[str] = []  # shell lines run before Ray starts (module load, venv activate)
+    container: str | None = None  # apptainer image (.sif) to run the Ray processes in
+    extra_sbatch: list[str] = []  # further `#SBATCH` options, e.g. "--constraint=a100"
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, v: str) -> str:
+        if not _SLURM_TIME.match(v):
+            raise ValueError("must be MINUTES, HH:MM:SS or D-HH:MM:SS, e.g. '24:00:00'")
+        return v
+
+
+# --------------------------------------------------------------------------- the sweep file
+
+
+def _axis_model(section: type[_Frozen]) -> type[BaseModel]:
+    """The sweep-file form of a per-trial section: every key may be a list (an axis)."""
+    fields: dict[str, Any] = {}
+    for name, info in section.model_fields.items():
+        if section is TrainConfig and name == "target_accuracy":
+            fields[name] = (
+                Annotated[float, Field(gt=0, le=1)]
+                | dict[
+                    Literal["cifar10", "cifar100", "svhn", "digits", "synthetic"],
+                    Annotated[float, Field(gt=0, le=1)],
+                ]
+                | None,
+                None,
+            )
+            continue
+        item = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        fields[name] = (list[item], Field(default=[info.default], min_length=1))  # type: ignore[valid-type]
+
+    def _wrap_scalars(cls: type, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {
+                k: (v if isinstance(v, list) or k == "target_accuracy" else [v])
+                for k, v in data.items()
+            }
+        return data
+
+    return create_model(  # type: ignore[call-overload]
+        f"Sweep{section.__name__}",
+        __config__=ConfigDict(extra="forbid", frozen=True),
+        __validators__={
+            "wrap": model_validator(mode="before")(_wrap_scalars),
+        },
+        **fields,
+    )
+
+
+SweepData = _axis_model(DataConfig)
+SweepModel = _axis_model(ModelConfig)
+SweepTrain = _axis_model(TrainConfig)
+SweepMixup = _axis_model(MixupConfig)
+SweepLinearity = _axis_model(LinearityConfig)
+_SECTIONS = {
+    "data": (SweepData, DataConfig),
+    "model": (SweepModel, ModelConfig),
+    "train": (SweepTrain, TrainConfig),
+    "mixup": (SweepMixup, MixupConfig),
+    "linearity": (SweepLinearity, LinearityConfig),
+}
+
+
+class SweepSpec(_Frozen):
+    """One sweep file, validated. ``expand(spec)`` gives its trials."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    description: str = ""
+    data: SweepData = SweepData()  # type: ignore[valid-type]
+    model: SweepModel = SweepModel()  # type: ignore[valid-type]
+    train: SweepTrain = SweepTrain()  # type: ignore[valid-type]
+    mixup: SweepMixup = SweepMixup()  # type: ignore[valid-type]
+    linearity: SweepLinearity = SweepLinearity()  # type: ignore[valid-type]
+    seeds: Annotated[list[int], Field(min_length=1)] = [0]
+    resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    slurm: SlurmConfig | None = None
+    runs_dir: str = "runs"
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_scalar(cls, v: Any) -> Any:
+        return [v] if isinstance(v, int) else v
+
+
+def _collapse_mixup(m: dict[str, Any]) -> dict[str, Any]:
+    """Null the keys a mode ignores, so equal trials get equal ids."""
+    m = dict(m)
+    if m["mode"] not in MIXING_MODES:
+        m["k"] = m["alpha"] = None
+    elif m["k"] is None or m["alpha"] is None:
+        raise SpecError([f"mixup: mode {m['mode']!r} needs k and alpha (got null)"])
+    if m["mode"] not in CONSISTENCY_MODES:
+        m["unsup_weight"] = m["ema_max_decay"] = m["rampup"] = None
+    return m
+
+
+def _grid(section: BaseModel) -> list[dict[str, Any]]:
+    values = section.model_dump()
+    axes = {k: v for k, v in values.items() if isinstance(v, list)}
+    fixed = {k: v for k, v in values.items() if not isinstance(v, list)}
+    return [
+        {**fixed, **dict(zip(axes, combo, strict=True))}
+        for combo in itertools.product(*axes.values())
+    ]
+
+
+def expand(spec: SweepSpec) -> list[TrialConfig]:
+    """All trials of a sweep, in a stable order, without duplicates."""
+    grids = [_grid(getattr(spec, name)) for name in _SECTIONS]
+    trials: dict[str, TrialConfig] = {}
+    for data, model, train, mixup, lin in itertools.product(*grids):
+        target = train["target_accuracy"]
+        if isinstance(target, dict):
+            target = target.get(data["dataset"])
+        elif target is None:
+            target = DEFAULT_TARGETS[data["dataset"]]
+        train = {**train, "target_accuracy": target}
+        for seed in spec.seeds:
+            cfg = TrialConfig(
+                data=DataConfig(**data),
+                model=ModelConfig(**model),
+                train=TrainConfig(**train),
+                mixup=MixupConfig(**_collapse_mixup(mixup)),
+                linearity=LinearityConfig(**lin),
+                seed=seed,
+            )
+            trials.setdefault(cfg.trial_id, cfg)
+    return list(trials.values())
+
+
+def axes(spec: SweepSpec) -> dict[str, list[Any]]:
+    """The keys that vary in the sweep file (``section.key`` -> values)."""
+    out: dict[str, list[Any]] = {}
+    for name in _SECTIONS:
+        for key, value in getattr(spec, name).model_dump().items():
+            if isinstance(value, list) and len(value) > 1:
+                out[f"{name}.{key}"] = value
+    if len(spec.seeds) > 1:
+        out["seeds"] = list(spec.seeds)
+    return out
+
+
+# --------------------------------------------------------------------------- loading + errors
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The valid keys at ``loc`` (a path of field names) inside ``model``."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        sub = [
+            a
+            for a in (field.annotation, *get_args(field.annotation))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
+        if not sub:
+            return []
+        model = sub[0]
+    return list(model.model_fields)
+
+
+def _format_errors(err: ValidationError, root: type[BaseModel]) -> list[str]:
+    lines: list[str] = []
+    for e in err.errors():
+        # drop pydantic's union-branch tags ("constrained-float", "dict[...]") from the path
+        loc = tuple(p for p in e["loc"] if isinstance(p, int) or p.isidentifier())
+        key = ".".join(str(p) for p in loc if not isinstance(p, int))
+        idx = [p for p in loc if isinstance(p, int)]
+        where = key + (f"[{idx[0]}]" if idx else "")
+        if e["type"] == "extra_forbidden":
+            parent, bad = loc[:-1], str(loc[-1])
+            allowed = _allowed_keys(root, tuple(p for p in parent if isinstance(p, str)))
+            hint = difflib.get_close_matches(bad, allowed, n=1)
+            msg = f"unknown key {bad!r}"
+            if hint:
+                msg += f" (did you mean {hint[0]!r}?)"
+            msg += f"; allowed: {', '.join(allowed)}"
+            lines.append(f"{'.'.join(map(str, parent)) or '<top>'}: {msg}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "too_short" and idx == []:
+            msg = "must not be empty (a sweep axis needs at least one value)"
+        value = e.get("input")
+        shown = f" (got {value!r})" if not isinstance(value, dict | list) and e["type"] != "missing" else ""
+        lines.append(f"{where or '<top>'}: {msg}{shown}")
+    # a union key with a deeper error (a bad map entry) needs no "not a number" line too
+    keys = [line.split(":", 1)[0] for line in lines]
+    lines = [ln for ln, k in zip(lines, keys, strict=True) if not any(o.startswith(k + ".") for o in keys)]
+    return list(dict.fromkeys(lines))
+
+
+def parse_spec(raw: Any, source: str = "<sweep>") -> SweepSpec:
+    """Validate a parsed YAML mapping into a SweepSpec, or raise SpecError."""
+    if not isinstance(raw, dict):
+        raise SpecError([f"{source}: the sweep file must be a YAML mapping of sections"])
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_format_errors(err, SweepSpec)) from None
+    if not expand(spec):
+        raise SpecError([f"{source}: the grid is empty"])
+    return spec
+
+
+def load_yaml(path: str | Path) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError([f"{p}: no such file"])
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError([f"{p}: not valid YAML{where}: {getattr(err, 'problem', err)}"]) from None
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep file. The name defaults to the file's stem."""
+    raw = load_yaml(path)
+    if isinstance(raw, dict):
+        raw.setdefault("name", Path(path).stem)
+    return parse_spec(raw, str(path))
+
+
+def load_trial(path: str | Path) -> tuple[SweepSpec, TrialConfig]:
+    """Read a one-trial file (the sweep file's keys, one value per key)."""
+    spec = load_spec(path)
+    trials = expand(spec)
+    if len(trials) != 1:
+        varying = ", ".join(axes(spec)) or "?"
+        raise SpecError(
+            [f"{path}: a trial file needs one value per key; these keys have several: {varying}"]
+        )
+    return spec, trials[0]

@@ -1,0 +1,317 @@
+"""One trial: data -> model -> train loop (mixup losses) -> per-epoch eval.
+
+``run_trial(cfg, out_dir, report)`` is a plain function of a TrialConfig. It
+knows nothing of Ray: ``tune.py`` wraps it. With ``out_dir`` it checkpoints
+every epoch and resumes from the last one; a completed ``result.json`` for the
+same trial id is returned without re-running.
+
+Epoch e (1-based) is ceil(|train| / batch) optimizer steps. Epoch 0 is an
+evaluation at init. Nonlinearity is measured at init, every
+``linearity.every`` epochs, at the epoch that first reaches the target
+accuracy ("NL at matched accuracy") and at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixsweep import __version__
+from mixsweep.data import load_dataset, make_loader
+from mixsweep.data.loaders import Normalize, epoch_generator, eval_batches
+from mixsweep.data.split import labeled_split
+from mixsweep.linearity import layer_stats, probe_set
+from mixsweep.mixup import ema_decay, ema_update, mixup_losses, rampup
+from mixsweep.models import build_model
+from mixsweep.spec import CONSISTENCY_MODES, TrialConfig
+from mixsweep.store import TrialPaths, atomic_torch_save, atomic_write_json, read_json
+
+Report = Callable[[dict[str, Any]], None]
+
+
+class TrialFailed(RuntimeError):
+    """The trial cannot go on (non-finite loss); the reason names epoch and step."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
+    return torch.device(name)
+
+
+def _lr_lambda(cfg: TrialConfig, total_steps: int, steps_per_epoch: int):
+    warm = cfg.train.warmup_epochs * steps_per_epoch
+
+    def f(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        t = (step - warm) / max(1, total_steps - warm)
+        if cfg.train.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        if cfg.train.schedule == "step":
+            return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+        return 1.0
+
+    return f
+
+
+def _optimizer(cfg: TrialConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=t.lr, momentum=t.momentum,
+        nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay,
+    )
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches) -> float:
+    was = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in batches:
+        correct += int((model(x).argmax(1) == y).sum())
+        total += len(y)
+    model.train(was)
+    return correct / max(total, 1)
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+            text=True, timeout=5,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "mixsweep": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "git_commit": commit,
+        "host": platform.node(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }
+
+
+class _Run:
+    """The state of one trial while it trains (kept off the public surface)."""
+
+    def __init__(self, cfg: TrialConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.data = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.download)
+        c, h, _ = self.data.shape
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.model = build_model(cfg.model.arch, c, self.data.num_classes, h, cfg.model.width)
+        self.model.to(device)
+        self.channels_last = cfg.train.channels_last and device.type == "cuda"
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.teacher = None
+        if cfg.mixup.mode in CONSISTENCY_MODES:
+            self.teacher = copy.deepcopy(self.model).requires_grad_(False)
+        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        split = labeled_split(self.data.train_y, cfg.data.labeled_fraction, cfg.split_seed)
+        self.loader = make_loader(
+            cfg.data.loader, self.data, split, cfg.train.batch_size, device,
+            augment=cfg.data.augment, unlabeled=self.teacher is not None, seed=cfg.seed,
+        )
+        self.steps_per_epoch = self.loader.steps_per_epoch
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        self.opt = _optimizer(cfg, self.model)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, _lr_lambda(cfg, self.total_steps, self.steps_per_epoch)
+        )
+        norm = Normalize(self.data, device)
+        self.probes = norm(probe_set(self.data.test_x, cfg.linearity.probes).to(device))
+        self.step = 0
+        self.train_seconds = 0.0
+        self.history: list[dict[str, Any]] = []
+
+    # -- checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "trial_id": self.cfg.trial_id,
+            "model": self.model.state_dict(),
+            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "history": self.history,
+        }
+
+    def load(self, ck: dict[str, Any]) -> None:
+        self.model.load_state_dict(ck["model"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(ck["teacher"])
+        self.opt.load_state_dict(ck["opt"])
+        self.sched.load_state_dict(ck["sched"])
+        self.step, self.train_seconds = ck["step"], ck["train_seconds"]
+        self.history = list(ck["history"])
+
+    # -- work
+    def _x(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        if x is not None and self.channels_last:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg, m = self.cfg, self.cfg.mixup
+        self.model.train()
+        if self.teacher is not None:
+            self.teacher.train()
+        g = epoch_generator(cfg.seed, epoch, stream=2)
+        amp = torch.autocast(self.device.type, torch.bfloat16, enabled=cfg.train.precision == "bf16")
+        sums = {"loss": 0.0, "sup": 0.0, "unsup": 0.0}
+        start = time.perf_counter()
+        for i, batch in enumerate(self.loader.epoch(epoch)):
+            weight = 0.0
+            if self.teacher is not None:
+                weight = m.unsup_weight * rampup(self.step / self.total_steps, m.rampup)
+            with amp:
+                losses = mixup_losses(
+                    m.mode, self.forward, self.teacher, self._x(batch.x), batch.y, self._x(batch.xu),
+                    self.data.num_classes, k=m.k, alpha=m.alpha, unsup_weight=weight, generator=g,
+                )
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise TrialFailed(
+                    f"non-finite loss ({float(loss)}) at epoch {epoch} step {i + 1} "
+                    f"(global step {self.step + 1})"
+                )
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            if self.teacher is not None:
+                ema_update(self.teacher, self.model, ema_decay(self.step, m.ema_max_decay))
+            self.step += 1
+            for k in sums:
+                sums[k] += float(losses[k].detach())
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.train_seconds += time.perf_counter() - start
+        n = self.steps_per_epoch
+        return {f"train_{k}": v / n for k, v in sums.items()}
+
+    def measure(self) -> dict[str, dict[str, float]]:
+        lin = self.cfg.linearity
+        return layer_stats(self.model, self.probes, k=lin.k, alpha=lin.alpha, seed=lin.seed)
+
+    def evaluate(self) -> float:
+        batches = ((self._x(x), y) for x, y in eval_batches(self.data, self.device, self.cfg.train.eval_batch_size))
+        return evaluate(self.model, batches)
+
+
+def _summary(cfg: TrialConfig, run: _Run, status: str, reason: str | None, wall: float) -> dict[str, Any]:
+    hist = run.history
+    target = cfg.train.target_accuracy
+    hit = next((r for r in hist if r["epoch"] >= 1 and target is not None and r["test_acc"] >= target), None)
+    with_nl = [r for r in hist if "nl" in r]
+    last = hist[-1] if hist else {}
+    return {
+        "trial_id": cfg.trial_id,
+        "status": status,
+        "reason": reason,
+        "config": cfg.model_dump(mode="json"),
+        "epochs_done": last.get("epoch", 0),
+        "steps": run.step,
+        "steps_per_epoch": run.steps_per_epoch,
+        "final_acc": last.get("test_acc"),
+        "best_acc": max((r["test_acc"] for r in hist if r["epoch"] >= 1), default=None),
+        "final_train_loss": last.get("train_loss"),
+        "target_accuracy": target,
+        "reached_target": hit is not None if target is not None else None,
+        # censored: null when never reached (see reached_target), never a made-up epoch
+        "epochs_to_target": hit["epoch"] if hit else None,
+        "steps_to_target": hit["step"] if hit else None,
+        "seconds_to_target": hit["train_seconds"] if hit else None,
+        "nonlinearity": with_nl[-1]["nl"] if with_nl else {},
+        "cosine": with_nl[-1]["cos"] if with_nl else {},
+        "nl_epoch": with_nl[-1]["epoch"] if with_nl else None,
+        "nl_at_target": hit.get("nl") if hit else None,
+        "nl_at_init": with_nl[0]["nl"] if with_nl and with_nl[0]["epoch"] == 0 else None,
+        "train_seconds": run.train_seconds,
+        "wall_seconds": wall,
+        "provenance": provenance(run.device),
+    }
+
+
+def run_trial(
+    cfg: TrialConfig,
+    out_dir: str | Path | None = None,
+    report: Report | None = None,
+    *,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate one trial; returns the final result record.
+
+    Args:
+        cfg: the resolved trial config.
+        out_dir: the trial's folder (config, metrics.jsonl, checkpoint.pt,
+            result.json); resumes from its checkpoint. None: keep nothing.
+        report: called with each epoch's record (after it is checkpointed).
+        device: overrides ``train.device``.
+    """
+    wall0 = time.perf_counter()
+    paths = TrialPaths(Path(out_dir)) if out_dir is not None else None
+    if paths is not None:
+        done = read_json(paths.result)
+        if done and done.get("trial_id") == cfg.trial_id and done.get("status") == "completed":
+            return done
+        atomic_write_json(paths.config, {"trial_id": cfg.trial_id, **cfg.model_dump(mode="json")})
+    dev = torch.device(device) if device is not None else resolve_device(cfg.train.device)
+    run = _Run(cfg, dev)
+    if paths is not None and paths.checkpoint.is_file():
+        ck = torch.load(paths.checkpoint, map_location=dev, weights_only=True)
+        if ck.get("trial_id") == cfg.trial_id:
+            run.load(ck)
+    target, every = cfg.train.target_accuracy, cfg.linearity.every
+    status, reason = "completed", None
+
+    def record(rec: dict[str, Any]) -> None:
+        run.history.append(rec)
+        if paths is not None:
+            atomic_torch_save(paths.checkpoint, run.state())
+            paths.write_metrics(run.history)
+        if report is not None:
+            report(rec)
+
+    if not run.history:  # epoch 0: the network at init
+        stats = run.measure()
+        record({"epoch": 0, "step": 0, "test_acc": run.evaluate(), "train_seconds": 0.0,
+                "nl": stats["nl"], "cos": stats["cos"]})
+    reached = any(r["epoch"] >= 1 and target is not None and r["test_acc"] >= target for r in run.history)
+    for epoch in range(len(run.history), cfg.train.epochs + 1):
+        try:
+            losses = run.train_epoch(epoch)
+        except TrialFailed as err:
+            status, reason = "failed", str(err)
+            break
+        acc = run.evaluate()
+        rec: dict[str, Any] = {"epoch": epoch, "step": run.step, "test_acc": acc,
+                               "train_seconds": run.train_seconds, "lr": run.sched.get_last_lr()[0],
+                               **losses}
+        first_hit = not reached and target is not None and acc >= target
+        reached = reached or first_hit
+        if epoch % every == 0 or epoch == cfg.train.epochs or first_hit:
+            stats = run.measure()
+            rec["nl"], rec["cos"] = stats["nl"], stats["cos"]
+        record(rec)
+    result = _summary(cfg, run, status, reason, time.perf_counter() - wall0)
+    if paths is not None:
+        atomic_write_json(paths.result, result)
+    return result
