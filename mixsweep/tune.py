@@ -115,6 +115,8 @@ def _trial_name(trial: Any) -> str:
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Tune's new console output prints its tables even at verbose=0; launch shows its own progress
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
     if address:
