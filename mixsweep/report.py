@@ -270,7 +270,8 @@ def _table_html(table: pd.DataFrame, heat_prefix: str = "NL ") -> str:
             else:
                 cells.append(f"<td>{html.escape(str(v))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<table class="cells"><thead><tr>{heads}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (f'<div class="tablewrap"><table class="cells"><thead><tr>{heads}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
 _CSS = """
@@ -280,7 +281,7 @@ p.meta,p.cap{color:#555;margin:4px 0 8px;max-width:1100px;line-height:1.45}
 .figure{margin:0 0 8px} table.cells{border-collapse:collapse;font-size:13px}
 table.cells th,table.cells td{border:1px solid #ddd;padding:3px 7px;text-align:left;white-space:nowrap}
 table.cells th{background:#f4f4f4;position:sticky;top:0} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.legend-note{display:inline-block;margin-right:14px}
+.tablewrap{overflow-x:auto;max-width:100%}
 """
 
 

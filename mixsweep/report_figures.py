@@ -146,13 +146,16 @@ def fig_profile(data: ReportData, which: str = "final") -> go.Figure:
     long["layer"] = long["layer"].str.removeprefix(prefix)
     long = _add_row(data, long)
     datasets = list(dict.fromkeys(data.done["data.dataset"]))
-    rows = _rows(long, data) if not long.empty else [""]
+    init = _with_cfg(data, data.nl[data.nl["epoch"] == 0])
+    rows = _rows(long if not long.empty else init, data) if not (long.empty and init.empty) else [""]
     title = ("Per-layer nonlinearity at the end of training" if which == "final"
              else "Per-layer nonlinearity at matched accuracy (first epoch at target)")
     fig = _grid(rows, datasets, title, "layer (input → output)", "nonlinearity NL (lower = more linear)",
                 row_h=340, shared_y="rows")
+    if long.empty:
+        fig.add_annotation(text="no completed trial reached its target accuracy", showarrow=False,
+                           xref="paper", yref="paper", x=0.5, y=1.02, font=dict(size=14, color="#a00"))
     # the network at init (epoch 0) as a grey reference
-    init = _with_cfg(data, data.nl[data.nl["epoch"] == 0])
     for (ri, row), (ci, ds) in ((a, b) for a in enumerate(rows) for b in enumerate(datasets)):
         g = init[(init["row"] == row) & (init["data.dataset"] == ds)]
         if g.empty:
@@ -228,7 +231,7 @@ def fig_ett(data: ReportData, axis: str) -> go.Figure:
     present = frame.groupby("cat")["mixup.mode"].agg(set).to_dict()
     width = 0.8 / max(len(v) for v in present.values())
     shown: set[str] = set()
-    for mi, mode in enumerate(modes):
+    for mode in modes:
         color = mode_color(mode, modes)
         for (ri, row), (ci, panel) in ((a, b) for a in enumerate(rows) for b in enumerate(panels)):
             g = frame[(frame["mixup.mode"] == mode) & (frame["row"] == row) & (frame["panel"] == panel)]
