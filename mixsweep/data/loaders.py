@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -40,6 +41,19 @@ def stream_indices(pool: torch.Tensor, count: int, g: torch.Generator) -> torch.
     reps = math.ceil(count / len(pool))
     order = torch.cat([torch.randperm(len(pool), generator=g) for _ in range(reps)])
     return pool[order[:count]]
+
+
+def epoch_streams(
+    split: Split, n: int, seed: int, epoch: int, unlabeled: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The labeled (and unlabeled) index streams of one epoch: ``n`` indices each.
+
+    Every loader kind walks these, so the labeled subset and the order of
+    examples do not depend on the loader.
+    """
+    lab = stream_indices(split.labeled, n, epoch_generator(seed, epoch, 0))
+    unl = stream_indices(split.unlabeled, n, epoch_generator(seed, epoch, 1)) if unlabeled else None
+    return lab, unl
 
 
 def crop_flip_params(n: int, pad: int, flip: bool, g: torch.Generator):
@@ -105,15 +119,13 @@ class MemoryLoader:
         return self.norm(src)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        n = self.steps_per_epoch * self.batch_size
-        g_lab, g_unl = epoch_generator(self.seed, epoch, 0), epoch_generator(self.seed, epoch, 1)
-        lab = stream_indices(self.split.labeled, n, g_lab).view(self.steps_per_epoch, -1)
-        unl = (
-            stream_indices(self.split.unlabeled, n, g_unl).view(self.steps_per_epoch, -1)
-            if self.unlabeled
-            else None
-        )
-        for step in range(self.steps_per_epoch):
+        n, steps = self.steps_per_epoch * self.batch_size, self.steps_per_epoch
+        lab, unl = epoch_streams(self.split, n, self.seed, epoch, self.unlabeled)
+        # augmentation draws its own streams (4, 5): the index streams stay loader-independent
+        g_lab, g_unl = epoch_generator(self.seed, epoch, 4), epoch_generator(self.seed, epoch, 5)
+        lab = lab.view(steps, -1)
+        unl = unl.view(steps, -1) if unl is not None else None
+        for step in range(steps):
             x = self._images(lab[step], g_lab)
             y = self.labels[lab[step].to(self.device)]
             xu = self._images(unl[step], g_unl) if unl is not None else None
@@ -139,10 +151,27 @@ def make_loader(
     augment: bool,
     unlabeled: bool,
     seed: int,
+    ffcv_dir: str | Path | None = None,
+    num_workers: int | None = None,
 ):
-    """The loader named by ``data.loader``; every kind yields the same ``Batch`` stream shape."""
+    """The loader named by ``data.loader``; every kind yields the same ``Batch`` stream.
+
+    Args:
+        kind: memory | torch | ffcv.
+        ffcv_dir: the folder of ``train.beton`` (``mixsweep data prepare``); ffcv only.
+        num_workers: worker processes of the torch loader (None: one per core).
+    """
+    kw = {"augment": augment, "unlabeled": unlabeled, "seed": seed}
     if kind == "memory":
-        return MemoryLoader(
-            data, split, batch_size, device, augment=augment, unlabeled=unlabeled, seed=seed
-        )
+        return MemoryLoader(data, split, batch_size, device, **kw)
+    if kind == "torch":
+        from mixsweep.data.torch_loader import TorchLoader
+
+        return TorchLoader(data, split, batch_size, device, num_workers=num_workers, **kw)
+    if kind == "ffcv":
+        from mixsweep.data.ffcv_loader import FfcvLoader
+
+        if ffcv_dir is None:
+            raise ValueError("loader 'ffcv' needs ffcv_dir (data.ffcv_dir)")
+        return FfcvLoader(data, split, batch_size, device, ffcv_dir=ffcv_dir, **kw)
     raise ValueError(f"unknown loader {kind!r}; allowed: memory, torch, ffcv")
