@@ -197,4 +197,6 @@ class FfcvLoader:
         for _ in range(self.steps_per_epoch):
             x, y = next(iters[0])
             xu = self._images(next(iters[1])[0], g_unl) if self.unlabeled else None
-            yield Batch(self._images(x, g_lab), y.to(self.device, non_blocking=True).long(), xu)
+            # copy: FFCV reuses its batch buffers once the iterator moves on
+            y = y.to(self.device, torch.int64, non_blocking=True, copy=True)
+            yield Batch(self._images(x, g_lab), y, xu)
