@@ -314,6 +314,62 @@ def report(
         console.print(built.wandb, markup=False, highlight=False, soft_wrap=True)
 
 
+data_app = typer.Typer(help="Prepare datasets (e.g. FFCV .beton files).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+@user_errors
+def data_prepare(
+    dataset: Annotated[str, typer.Argument(help="cifar10 | cifar100 | svhn | digits | synthetic")],
+    format: Annotated[str, typer.Option("--format", help="Output format (ffcv).")] = "ffcv",
+    out: Annotated[Path | None, typer.Option(help="Folder for train.beton/test.beton "
+                                             "(default: data.ffcv_dir's default).")] = None,
+    root: Annotated[str, typer.Option(help="Where the dataset is (or is downloaded to).")] = "~/.cache/mixsweep/data",
+    download: Annotated[bool, typer.Option(help="Download the dataset if missing.")] = False,
+) -> None:
+    """Write a dataset in a loader's format.
+
+    Example: mixsweep data prepare cifar10 --format ffcv --out data/ffcv/cifar10 --download
+    """
+    from mixsweep.data import load_dataset
+    from mixsweep.data.ffcv_loader import prepare, resolve_ffcv_dir
+    from mixsweep.spec import DataConfig
+
+    if format != "ffcv":
+        raise UsageError(f"unknown --format {format!r}; allowed: ffcv")
+    target = out if out is not None else resolve_ffcv_dir(DataConfig().ffcv_dir, root, dataset)
+    written = prepare(load_dataset(dataset, root, download), target)
+    for part, path in written.items():
+        console.print(f"{part}: {path}")
+
+
+@app.command()
+@user_errors
+def bench(
+    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    quick: Annotated[bool, typer.Option(help="Tiny sizes (a smoke run, numbers not meaningful).")] = False,
+    only: Annotated[str | None, typer.Option(help="Comma list of parts: loader,trainer,nonlinearity,scheduler,gpu.")] = None,
+) -> None:
+    """Loader / trainer / nonlinearity / scheduler (and GPU) benchmarks, ratios side by side.
+
+    Example: mixsweep bench --json
+    """
+    import json
+
+    from mixsweep.bench import PARTS, format_results, run_bench
+
+    parts = [p.strip() for p in only.split(",")] if only else None
+    bad = [p for p in parts or [] if p not in PARTS]
+    if bad:
+        raise UsageError(f"unknown bench part(s) {', '.join(bad)}; allowed: {', '.join(PARTS)}")
+    res = run_bench(quick=quick, parts=parts, log=lambda m: err_console.print(m, markup=False))
+    if json_out:
+        print(json.dumps(res, indent=2))
+    else:
+        console.print(format_results(res), markup=False, highlight=False)
+
+
 def main() -> None:
     app(prog_name="mixsweep")
 

@@ -71,6 +71,8 @@ class DataConfig(_Frozen):
     split_seed: int | None = None  # None: the trial's seed chooses the labeled subset
     root: str = "~/.cache/mixsweep/data"  # environment, not identity
     download: bool = False  # environment, not identity
+    # .beton folder of `loader: ffcv` (`mixsweep data prepare`); environment, not identity
+    ffcv_dir: str = "{root}/ffcv/{dataset}"
 
 
 class ModelConfig(_Frozen):
@@ -118,7 +120,7 @@ class LinearityConfig(_Frozen):
 # Keys that describe the environment a trial runs in, not the trial: they do
 # not enter the trial id, so moving data or switching device never re-runs.
 _NOT_IDENTITY = {
-    "data": {"root", "download"},
+    "data": {"root", "download", "ffcv_dir"},
     "train": {"device", "eval_batch_size", "epoch_seconds_hint"},
 }
 

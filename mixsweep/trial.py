@@ -127,6 +127,7 @@ class _Run:
         self.loader = make_loader(
             cfg.data.loader, self.data, split, cfg.train.batch_size, device,
             augment=cfg.data.augment, unlabeled=self.teacher is not None, seed=cfg.seed,
+            ffcv_dir=cfg.data.ffcv_dir.format(root=cfg.data.root, dataset=cfg.data.dataset),
         )
         self.steps_per_epoch = self.loader.steps_per_epoch
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
