@@ -41,7 +41,7 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except USER_ERRORS as err:
             for line in str(err).splitlines() or [type(err).__name__]:
-                err_console.print(f"error: {line}", markup=False, highlight=False)
+                err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -95,7 +95,7 @@ def trial(
         table.add_row(f"NL {layer}", _fmt(v))
     console.print(table)
     if res["status"] != "completed":
-        err_console.print(f"trial failed: {res['reason']}", markup=False)
+        err_console.print(f"trial failed: {res['reason']}", markup=False, soft_wrap=True)
         raise typer.Exit(1)
 
 

@@ -39,13 +39,21 @@ def trial_cfg() -> Callable[..., Any]:
     base: dict[str, dict[str, Any]] = {
         "data": {"dataset": "digits", "labeled_fraction": 1.0},
         "model": {"arch": "cnn", "width": 8},
-        "train": {"epochs": 3, "batch_size": 128, "lr": 0.05, "target_accuracy": 0.9, "device": "cpu"},
+        "train": {
+            "epochs": 3,
+            "batch_size": 128,
+            "lr": 0.05,
+            "target_accuracy": 0.9,
+            "device": "cpu",
+        },
         "mixup": {"mode": "erm"},
         "linearity": {"probes": 64, "every": 1},
     }
 
     def make(seed: int = 0, **sections: dict[str, Any]) -> TrialConfig:
-        merged = {name: {**base.get(name, {}), **sections.get(name, {})} for name in base | sections}
+        merged = {
+            name: {**base.get(name, {}), **sections.get(name, {})} for name in base | sections
+        }
         return TrialConfig(seed=seed, **merged)
 
     return make

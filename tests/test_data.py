@@ -56,12 +56,20 @@ def cifar10_root(tmp_path: Path) -> tuple[Path, np.ndarray, list[int], np.ndarra
     train_x, train_y = [], []
     for i in range(1, 6):
         x, y = rows(rng, 3), [int(v) for v in rng.integers(0, 10, 3)]
-        write_py2_pickle(folder / f"data_batch_{i}", {b"batch_label": b"training batch", b"data": x, b"labels": y})
+        write_py2_pickle(
+            folder / f"data_batch_{i}",
+            {b"batch_label": b"training batch", b"data": x, b"labels": y},
+        )
         train_x.append(x)
         train_y += y
     test_x, test_y = rows(rng, 4), [0, 9, 5, 1]
-    write_py2_pickle(folder / "test_batch", {b"batch_label": b"testing batch", b"data": test_x, b"labels": test_y})
-    write_py2_pickle(folder / "batches.meta", {b"label_names": [b"airplane"] * 10, b"num_vis": 3072})
+    write_py2_pickle(
+        folder / "test_batch",
+        {b"batch_label": b"testing batch", b"data": test_x, b"labels": test_y},
+    )
+    write_py2_pickle(
+        folder / "batches.meta", {b"label_names": [b"airplane"] * 10, b"num_vis": 3072}
+    )
     return tmp_path, np.vstack(train_x), train_y, test_x, test_y
 
 
@@ -107,9 +115,16 @@ def test_cifar100_round_trip(tmp_path: Path) -> None:
     for name, x, fine in (("train", tr, fine_tr), ("test", te, fine_te)):
         write_py2_pickle(
             folder / name,
-            {b"data": x, b"fine_labels": fine, b"coarse_labels": [f % 20 for f in fine], b"filenames": [b"f.png"] * len(fine)},
+            {
+                b"data": x,
+                b"fine_labels": fine,
+                b"coarse_labels": [f % 20 for f in fine],
+                b"filenames": [b"f.png"] * len(fine),
+            },
         )
-    write_py2_pickle(folder / "meta", {b"fine_label_names": [b"c"] * 100, b"coarse_label_names": [b"s"] * 20})
+    write_py2_pickle(
+        folder / "meta", {b"fine_label_names": [b"c"] * 100, b"coarse_label_names": [b"s"] * 20}
+    )
     d = load_dataset("cifar100", tmp_path)
     assert d.num_classes == 100
     assert torch.equal(d.train_x, to_chw(tr)) and torch.equal(d.test_x, to_chw(te))
@@ -118,7 +133,10 @@ def test_cifar100_round_trip(tmp_path: Path) -> None:
 
 def write_svhn(root: Path, split: str, x_nchw: np.ndarray, y: list[int]) -> None:
     # the .mat layout: X (32, 32, 3, N) = (row, col, channel, example); y (N, 1), 10 = digit 0
-    sio.savemat(root / f"{split}_32x32.mat", {"X": x_nchw.transpose(2, 3, 1, 0), "y": np.asarray(y, dtype=np.uint8)[:, None]})
+    sio.savemat(
+        root / f"{split}_32x32.mat",
+        {"X": x_nchw.transpose(2, 3, 1, 0), "y": np.asarray(y, dtype=np.uint8)[:, None]},
+    )
 
 
 def test_svhn_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,7 +147,9 @@ def test_svhn_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     write_svhn(tmp_path, "test", te, [3, 10, 5])
     d = load_dataset("svhn", tmp_path)
     assert d.train_x.shape == (5, 3, 32, 32) and d.train_x.dtype == torch.uint8
-    assert torch.equal(d.train_x, torch.from_numpy(tr)) and torch.equal(d.test_x, torch.from_numpy(te))
+    assert torch.equal(d.train_x, torch.from_numpy(tr)) and torch.equal(
+        d.test_x, torch.from_numpy(te)
+    )
     assert d.train_y.tolist() == [0, 1, 2, 9, 0] and d.test_y.tolist() == [3, 0, 5]
     assert d.train_y.dtype == torch.int64 and not d.flip
     # the same as torchvision's SVHN reading of these files (md5 check bypassed)
@@ -141,7 +161,10 @@ def test_svhn_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert d.train_y.tolist() == tv.labels.tolist()
 
 
-@pytest.mark.parametrize(("name", "folder"), [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"), ("svhn", "")])
+@pytest.mark.parametrize(
+    ("name", "folder"),
+    [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"), ("svhn", "")],
+)
 def test_missing_files_name_the_folder_and_download(tmp_path: Path, name: str, folder: str) -> None:
     with pytest.raises(DataError) as info:
         load_dataset(name, tmp_path)
@@ -204,10 +227,14 @@ def test_same_subset_in_every_mode(trial_cfg) -> None:
 
     splits = []
     for mode in ("erm", "sup", "unsup", "mt"):
-        cfg = trial_cfg(seed=5, data={"labeled_fraction": 0.2}, mixup={"mode": mode, "k": 2, "alpha": 1.0})
+        cfg = trial_cfg(
+            seed=5, data={"labeled_fraction": 0.2}, mixup={"mode": mode, "k": 2, "alpha": 1.0}
+        )
         splits.append(_Run(cfg, torch.device("cpu")).loader.split)
     for s in splits[1:]:
-        assert torch.equal(s.labeled, splits[0].labeled) and torch.equal(s.unlabeled, splits[0].unlabeled)
+        assert torch.equal(s.labeled, splits[0].labeled) and torch.equal(
+            s.unlabeled, splits[0].unlabeled
+        )
 
 
 # --------------------------------------------------------------------------- the memory loader
@@ -230,7 +257,9 @@ def untag(data, x: torch.Tensor) -> torch.Tensor:
 def test_steps_per_epoch_independent_of_fraction(fraction: float) -> None:
     data = tagged(100)
     split = labeled_split(data.train_y, fraction, seed=0)
-    loader = make_loader("memory", data, split, 16, torch.device("cpu"), augment=True, unlabeled=True, seed=0)
+    loader = make_loader(
+        "memory", data, split, 16, torch.device("cpu"), augment=True, unlabeled=True, seed=0
+    )
     assert loader.steps_per_epoch == math.ceil(100 / 16)
     batches = list(loader.epoch(1))
     assert len(batches) == 7
@@ -250,7 +279,9 @@ def test_steps_per_epoch_independent_of_fraction(fraction: float) -> None:
 def test_no_unlabeled_stream_without_consistency() -> None:
     data = tagged(40)
     split = labeled_split(data.train_y, 1.0, seed=0)
-    loader = make_loader("memory", data, split, 8, torch.device("cpu"), augment=False, unlabeled=False, seed=0)
+    loader = make_loader(
+        "memory", data, split, 8, torch.device("cpu"), augment=False, unlabeled=False, seed=0
+    )
     batches = list(loader.epoch(0))
     assert all(b.xu is None for b in batches)
     assert sorted(torch.cat([untag(data, b.x) for b in batches]).tolist()) == list(range(40))
@@ -284,7 +315,9 @@ def test_loader_augmentation_is_the_reference_law() -> None:
     x = rng.integers(0, 256, (32, 3, 8, 8), dtype=np.uint8)
     data = _build("rand", x, np.arange(32) % 10, x[:4], np.arange(4), 10, pad=2, flip=True)
     split = labeled_split(data.train_y, 1.0, seed=0)
-    loader = make_loader("memory", data, split, 32, torch.device("cpu"), augment=True, unlabeled=False, seed=7)
+    loader = make_loader(
+        "memory", data, split, 32, torch.device("cpu"), augment=True, unlabeled=False, seed=7
+    )
     (batch,) = list(loader.epoch(3))
     # replay the loader's randomness: index order first, then the crop/flip draw
     g = epoch_generator(7, 3, 0)
@@ -302,7 +335,9 @@ def test_same_seed_and_epoch_same_batches() -> None:
     split = labeled_split(data.train_y, 0.5, seed=1)
 
     def epoch(seed: int, e: int):
-        loader = make_loader("memory", data, split, 10, torch.device("cpu"), augment=True, unlabeled=True, seed=seed)
+        loader = make_loader(
+            "memory", data, split, 10, torch.device("cpu"), augment=True, unlabeled=True, seed=seed
+        )
         return list(loader.epoch(e))
 
     a, b, c, d = epoch(0, 2), epoch(0, 2), epoch(0, 3), epoch(1, 2)
@@ -322,4 +357,13 @@ def test_eval_batches_cover_the_test_set_in_order() -> None:
 def test_unknown_loader_raises() -> None:
     data = tagged(10)
     with pytest.raises(ValueError, match="unknown loader 'bogus'"):
-        make_loader("bogus", data, Split(torch.arange(10), torch.arange(10)), 4, torch.device("cpu"), augment=False, unlabeled=False, seed=0)
+        make_loader(
+            "bogus",
+            data,
+            Split(torch.arange(10), torch.arange(10)),
+            4,
+            torch.device("cpu"),
+            augment=False,
+            unlabeled=False,
+            seed=0,
+        )

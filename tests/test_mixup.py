@@ -130,7 +130,9 @@ def test_erm_and_mt_ignore_k_and_alpha() -> None:
     x, y, xu = torch.randn(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2]), torch.randn(6, 1, 2, 2)
     for mode in ("erm", "mt"):
         out = [
-            mixup_losses(mode, model, teacher, x, y, xu, 3, k=k, alpha=a, unsup_weight=2.0, generator=gen(9))
+            mixup_losses(
+                mode, model, teacher, x, y, xu, 3, k=k, alpha=a, unsup_weight=2.0, generator=gen(9)
+            )
             for k, a in ((None, None), (2, 0.2), (8, 5.0))
         ]
         for o in out[1:]:
@@ -141,7 +143,9 @@ def test_unsup_needs_teacher_and_pool() -> None:
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     x, y = torch.randn(4, 1, 2, 2), torch.tensor([0, 1, 2, 0])
     with pytest.raises(ValueError, match="needs a teacher"):
-        mixup_losses("unsup", model, None, x, y, None, 3, k=2, alpha=1.0, unsup_weight=1.0, generator=gen())
+        mixup_losses(
+            "unsup", model, None, x, y, None, 3, k=2, alpha=1.0, unsup_weight=1.0, generator=gen()
+        )
 
 
 def test_ema_decay_and_rampup_points() -> None:

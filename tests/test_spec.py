@@ -43,7 +43,13 @@ def test_modes_without_mixing_ignore_k_and_alpha(mode: str) -> None:
     assert len(trials) == 2 * 3  # one per (fraction, seed) cell
     assert all(t.mixup.k is None and t.mixup.alpha is None for t in trials)
     # the id does not depend on the k/alpha written in the file
-    other = expand(spec(data={"labeled_fraction": [0.2, 1.0]}, mixup={"mode": mode, "k": 5, "alpha": 0.5}, seeds=[0, 1, 2]))
+    other = expand(
+        spec(
+            data={"labeled_fraction": [0.2, 1.0]},
+            mixup={"mode": mode, "k": 5, "alpha": 0.5},
+            seeds=[0, 1, 2],
+        )
+    )
     assert [t.trial_id for t in trials] == [t.trial_id for t in other]
 
 
@@ -93,14 +99,20 @@ def test_trial_id_is_stable_and_tracks_identity_keys() -> None:
         TrialConfig(mixup={"mode": "sup", "k": 3, "alpha": 0.3}, seed=1),
         TrialConfig(mixup={"mode": "sup", "k": 3, "alpha": 0.2}, seed=2),
         TrialConfig(mixup={"mode": "sup", "k": 3, "alpha": 0.2}, seed=1, train={"lr": 0.1}),
-        TrialConfig(mixup={"mode": "sup", "k": 3, "alpha": 0.2}, seed=1, data={"labeled_fraction": 0.5}),
+        TrialConfig(
+            mixup={"mode": "sup", "k": 3, "alpha": 0.2}, seed=1, data={"labeled_fraction": 0.5}
+        ),
     ]
     assert len({c.trial_id for c in changed} | {a.trial_id}) == len(changed) + 1
 
 
 def test_environment_keys_do_not_change_the_id() -> None:
     a = TrialConfig(seed=3)
-    moved = TrialConfig(seed=3, data={"root": "/elsewhere", "download": True}, train={"device": "cpu", "eval_batch_size": 7})
+    moved = TrialConfig(
+        seed=3,
+        data={"root": "/elsewhere", "download": True},
+        train={"device": "cpu", "eval_batch_size": 7},
+    )
     assert moved.trial_id == a.trial_id
 
 
