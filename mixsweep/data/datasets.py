@@ -170,7 +170,9 @@ def synthetic(
     return _build("synthetic", xtr, ytr, xte, yte, classes, pad=1, flip=True)
 
 
-def load_dataset(name: str, root: str | Path = "~/.cache/mixsweep/data", download: bool = False) -> ArrayDataset:
+def load_dataset(
+    name: str, root: str | Path = "~/.cache/mixsweep/data", download: bool = False
+) -> ArrayDataset:
     """Read a dataset by name into memory (uint8)."""
     if name == "digits":
         return _digits()
@@ -181,4 +183,6 @@ def load_dataset(name: str, root: str | Path = "~/.cache/mixsweep/data", downloa
         if download:
             _download(name, path)
         return _read_svhn(path) if name == "svhn" else _read_cifar(name, path)
-    raise DataError(f"unknown dataset {name!r}; allowed: cifar10, cifar100, svhn, digits, synthetic")
+    raise DataError(
+        f"unknown dataset {name!r}; allowed: cifar10, cifar100, svhn, digits, synthetic"
+    )
