@@ -88,6 +88,11 @@ class TrialPaths:
     def result(self) -> Path:
         return self.root / "result.json"
 
+    @property
+    def error(self) -> Path:
+        """Ray's last error for a trial that crashed past max_failures."""
+        return self.root / "error.json"
+
     def write_metrics(self, history: Iterable[dict[str, Any]]) -> None:
         atomic_write_text(self.metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
 
@@ -122,7 +127,7 @@ class SweepPaths:
 
 # --------------------------------------------------------------------------- the results table
 
-STATUS_ORDER = ("completed", "failed", "running", "pending")
+STATUS_ORDER = ("completed", "failed", "error", "running", "pending")
 
 
 def result_row(trial_id: str, config: dict[str, Any], result: dict[str, Any] | None,
@@ -151,8 +156,11 @@ def collect_rows(sweep: SweepPaths, trials: Iterable[Any]) -> list[dict[str, Any
             result = None
         history = read_jsonl(tp.metrics)
         epochs = history[-1]["epoch"] if history else 0
+        error = read_json(tp.error)
         if result:
             status = result["status"]
+        elif error:  # crashed past max_failures in Ray; re-runs (from its checkpoint) on relaunch
+            status, result = "error", {"reason": error.get("error")}
         else:
             status = "running" if history else "pending"
         rows.append(result_row(cfg.trial_id, cfg.flat(), result, epochs, status))

@@ -139,6 +139,7 @@ class _Run:
         self.step = 0
         self.train_seconds = 0.0
         self.history: list[dict[str, Any]] = []
+        self.resumes: list[int] = []  # the epoch each resume continued from
 
     # -- checkpoints
     def state(self) -> dict[str, Any]:
@@ -151,6 +152,7 @@ class _Run:
             "step": self.step,
             "train_seconds": self.train_seconds,
             "history": self.history,
+            "resumes": self.resumes,
         }
 
     def load(self, ck: dict[str, Any]) -> None:
@@ -161,6 +163,7 @@ class _Run:
         self.sched.load_state_dict(ck["sched"])
         self.step, self.train_seconds = ck["step"], ck["train_seconds"]
         self.history = list(ck["history"])
+        self.resumes = [*ck.get("resumes", []), self.history[-1]["epoch"]]
 
     # -- work
     def _x(self, x: torch.Tensor | None) -> torch.Tensor | None:
@@ -246,6 +249,7 @@ def _summary(cfg: TrialConfig, run: _Run, status: str, reason: str | None, wall:
         "nl_at_init": with_nl[0]["nl"] if with_nl and with_nl[0]["epoch"] == 0 else None,
         "train_seconds": run.train_seconds,
         "wall_seconds": wall,
+        "resumed_from": run.resumes,
         "provenance": provenance(run.device),
     }
 
