@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from mixsweep.spec import load_trial
@@ -68,7 +67,6 @@ def test_trial_runs_and_prints_summary(tmp_path: Path) -> None:
     assert "epoch   1" in proc.stdout
 
 
-@pytest.mark.slow
 def test_shipped_trial_file(tmp_path: Path) -> None:
     cfg_file = REPO / "sweeps" / "trial_digits.yaml"
     _, cfg = load_trial(cfg_file)

@@ -78,13 +78,8 @@ def test_censored_target_is_null_not_a_number(trial_cfg) -> None:
     "mixup",
     [
         pytest.param({"mode": "erm"}, id="erm"),
-        # ~15-30 s each on 2 cores: slow (CI runs them; `-m "not slow"` skips them locally)
-        pytest.param({"mode": "sup", "k": 3, "alpha": 0.5}, id="sup", marks=pytest.mark.slow),
-        pytest.param(
-            {"mode": "unsup", "k": 2, "alpha": 1.0, "rampup": 0.5},
-            id="unsup",
-            marks=pytest.mark.slow,
-        ),
+        pytest.param({"mode": "sup", "k": 3, "alpha": 0.5}, id="sup"),
+        pytest.param({"mode": "unsup", "k": 2, "alpha": 1.0, "rampup": 0.5}, id="unsup"),
     ],
 )
 def test_resume_equals_uninterrupted(trial_cfg, tmp_path: Path, mixup: dict[str, Any]) -> None:
