@@ -288,6 +288,32 @@ def sync(
         raise typer.Exit(1)
 
 
+@app.command()
+@user_errors
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Sweep folders (runs/<sweep>) to compare.")],
+    out: Annotated[Path, typer.Option(help="The HTML file (self-contained: opens without a network).")] = Path("report.html"),
+    by: Annotated[str, typer.Option(help="Axis of facet rows: fraction, k, alpha, dataset, ... or a results.csv config column; 'none' for no rows.")] = "fraction",
+    png: Annotated[Path | None, typer.Option(help="Also write each figure as DIR/<figure>.png (needs Chromium).")] = None,
+    wandb: Annotated[bool, typer.Option("--wandb", help="Also build the W&B report: saved when online, else its JSON beside the HTML.")] = False,
+) -> None:
+    """Compare sweeps: per-layer nonlinearity, accuracy, epochs to target -> one HTML file.
+
+    Example: mixsweep report runs/quickstart runs/quickstart_a02 --out report.html --png figs
+    """
+    from mixsweep.report import ReportError, write_report
+
+    try:
+        built = write_report(run_dirs, out, by=None if by.lower() == "none" else by, png_dir=png, wandb=wandb)
+    except ReportError as err:
+        raise UsageError(str(err)) from None
+    console.print(f"report: {built.html} ({len(built.figures)} figures)", soft_wrap=True)
+    for p in built.pngs:
+        console.print(f"  png: {p}", soft_wrap=True)
+    if built.wandb:
+        console.print(built.wandb, markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     app(prog_name="mixsweep")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,13 @@ from typing import Any
 import pytest
 import torch
 
+# test helpers (wandb_reader) import by name
+sys.path.insert(0, str(Path(__file__).parent))
 # set before anything imports wandb or ray; tests must never reach a network
 os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 torch.set_num_threads(2)
 
 REPO = Path(__file__).resolve().parents[1]

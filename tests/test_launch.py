@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from wandb_reader import logged_epochs
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "WANDB_MODE": "offline", "RAY_USAGE_STATS_ENABLED": "0", "COLUMNS": "200"}
@@ -172,9 +173,14 @@ def test_sigterm_mid_sweep_then_relaunch_completes_without_rerun(tmp_path):
     for t, epoch in partial.items():  # continued from its checkpoint, not from scratch
         result = json.loads((runs / "tiny/trials" / t / "result.json").read_text())
         assert result["resumed_from"] == [epoch], (t, result["resumed_from"])
-    # one W&B run per trial: all offline sessions of a trial share its id
+    # one W&B run per trial: all offline sessions of a trial share its id ...
     run_ids = {p.name.rsplit("-", 1)[-1] for p in (runs / "tiny/wandb").glob("offline-run-*")}
     assert run_ids == set(table["trial_id"])
+    # ... and no epoch is logged twice across them (resumed trials log only new epochs)
+    for t in table["trial_id"]:
+        epochs = logged_epochs(runs / "tiny", t)
+        assert len(epochs) == len(set(epochs)), (t, epochs)
+        assert set(epochs) <= set(range(13)) and 12 in epochs, (t, epochs)
 
 
 @pytest.mark.slow
