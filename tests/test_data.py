@@ -319,10 +319,9 @@ def test_loader_augmentation_is_the_reference_law() -> None:
         "memory", data, split, 32, torch.device("cpu"), augment=True, unlabeled=False, seed=7
     )
     (batch,) = list(loader.epoch(3))
-    # replay the loader's randomness: index order first, then the crop/flip draw
-    g = epoch_generator(7, 3, 0)
-    order = torch.randperm(32, generator=g)
-    dy, dx, fl = crop_flip_params(32, 2, True, g)
+    # replay the loader's randomness: index order from stream 0, crop/flip from stream 4
+    order = torch.randperm(32, generator=epoch_generator(7, 3, 0))
+    dy, dx, fl = crop_flip_params(32, 2, True, epoch_generator(7, 3, 4))
     ref = reference_crop_flip(data.train_x[order], 2, dy, dx, fl)
     mean = torch.tensor(data.mean).view(1, 3, 1, 1) * 255
     std = torch.tensor(data.std).view(1, 3, 1, 1) * 255
