@@ -174,6 +174,10 @@ def launch(
         return
     for name, root, download in {(t.data.dataset, t.data.root, t.data.download) for t in trials}:
         require_available(name, root, download)
+    if any(t.data.loader == "ffcv" for t in trials):  # fail before a GPU-hour is spent
+        from mixsweep.data.ffcv_loader import require_ffcv
+
+        require_ffcv()
     paths = SweepPaths.of(spec.runs_dir, spec.name)
     atomic_write_text(paths.spec, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     if to_slurm:
