@@ -189,15 +189,17 @@ def log_file(sweep_root: Path, job_id: str) -> Path:
     return Path(sweep_root) / "slurm" / f"slurm-{job_id}.log"
 
 
-def submit(spec: SweepSpec, spec_path: Path, dry_run: bool = False) -> str | None:
+def submit(spec: SweepSpec, spec_path: Path, dry_run: bool = False,
+           python: str | None = None) -> str | None:
     """Render runs/<sweep>/slurm/job.sbatch, sbatch it, record and return the job id.
 
     ``spec_path`` is the sweep file the user gave (named in errors). The job's
     driver reads the store's spec.yaml, written here if the caller has not.
     With ``dry_run`` nothing is written or submitted and None is returned (print
-    ``sbatch_script(spec)`` to show the script).
+    ``sbatch_script(spec)`` to show the script). ``python``: the job's interpreter
+    (default: this one, or ``python3`` in slurm.container).
     """
-    script = sbatch_script(spec)  # validates the #SBATCH values before anything is written
+    script = sbatch_script(spec, python=python)  # validates the #SBATCH values before anything is written
     if dry_run:
         return None
     sweep = SweepPaths.of(Path.cwd().resolve() / spec.runs_dir, spec.name)

@@ -26,6 +26,7 @@ signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))
 import ray  # noqa: E402
 
 ray.init(address=address, log_to_driver=False)
+signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))  # ray.init installs its own
 nodes = len([n for n in ray.nodes() if n["Alive"]])
 cpus = ray.cluster_resources().get("CPU", 0)
 answer = ray.get(ray.remote(lambda: 6 * 7).remote())

@@ -13,10 +13,12 @@
 
 log() { printf '[mixsweep %s] %s\n' "$(date '+%F %T')" "$*"; }
 
-# run_in CMD...: run CMD in the apptainer image when slurm.container is set.
+# run_in CMD...: exec CMD (in the apptainer image when slurm.container is set).
+# It replaces the calling shell, so call it as `run_in ... &` or in ( ): then $!
+# is the process itself and a TERM sent to $! reaches it.
 run_in() {
   if [ -z "$CONTAINER" ]; then
-    "$@"
+    exec "$@"
   else
     local tool nv=()
     tool=$(command -v apptainer || command -v singularity) || {
@@ -24,7 +26,7 @@ run_in() {
       return 127
     }
     [ "$NUM_GPUS" -gt 0 ] && nv=(--nv)
-    "$tool" exec ${nv[@]+"${nv[@]}"} "$CONTAINER" "$@"
+    exec "$tool" exec ${nv[@]+"${nv[@]}"} "$CONTAINER" "$@"
   fi
 }
 
@@ -112,7 +114,7 @@ fi
 mapfile -t head_args < <(ray_start_args)
 # The Ray Client server (default port 10001, shared by every job on a node) starts
 # whenever ray[client] (grpc) is installed; give it this job's port then.
-if run_in "$PYTHON" -c 'import grpc' >/dev/null 2>&1; then
+if (run_in "$PYTHON" -c 'import grpc') >/dev/null 2>&1; then
   head_args+=(--ray-client-server-port=$((PORT_BASE + 3)))
 fi
 log "ray head on $HEAD_NODE at $RAY_ADDRESS ($NUM_CPUS CPUs, $NUM_GPUS GPUs per node, temp dir $RAY_TMP)"
