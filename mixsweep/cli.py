@@ -41,7 +41,7 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except USER_ERRORS as err:
             for line in str(err).splitlines() or [type(err).__name__]:
-                err_console.print(f"error: {line}", markup=False, highlight=False)
+                err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -56,9 +56,11 @@ def _root() -> None:
 
 
 def _fmt(v) -> str:
-    if v is None:
+    if v is None or (isinstance(v, float) and v != v):  # None or NaN: not applicable / censored
         return "—"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    if isinstance(v, float):
+        return str(int(v)) if v.is_integer() and abs(v) < 1e6 else f"{v:.4g}"
+    return str(v)
 
 
 @app.command()
@@ -97,6 +99,275 @@ def trial(
     if res["status"] != "completed":
         err_console.print(f"trial failed: {res['reason']}", markup=False)
         raise typer.Exit(1)
+
+
+def _print_plan(spec, trials) -> None:
+    from mixsweep.spec import plan
+
+    info = plan(spec, trials)
+    varying = [k for k in info["axes"] if k != "seeds"]
+    table = Table(title=f"sweep {spec.name}: {len(trials)} trials")
+    table.add_column("trial_id", no_wrap=True, min_width=12)
+    for col in (*varying, "seed"):
+        table.add_column(col.split(".")[-1].replace("labeled_fraction", "fraction"), no_wrap=True)
+    for t in trials:
+        flat = t.flat()
+        table.add_row(t.trial_id, *(_fmt(flat[k]) for k in varying), str(t.seed))
+    console.print(table)
+    console.print(f"trials: {info['trials']}  by mode: {info['by_mode']}  epochs in all: {info['epochs_total']}")
+    console.print("axes: " + "; ".join(f"{k}={v}" for k, v in info["axes"].items()))
+    r = info["resources"]
+    console.print(f"resources per trial: {r['cpus_per_trial']} CPU, {r['gpus_per_trial']} GPU; "
+                  f"max concurrent: {r['max_concurrent'] or 'all that fit'}; max failures: {r['max_failures']}")
+    gh = info["gpu_hours_estimate"]
+    console.print("estimated GPU-hours: " + (f"{gh:.1f}" if gh is not None else "— (set train.epoch_seconds_hint)"))
+
+
+def _live_progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console)
+    task = bar.add_task("trials", total=None, detail="starting Ray")
+
+    def update(c: dict) -> None:
+        bar.update(task, total=c["total"], completed=c["done"] + c["failed"],
+                   detail=f"running {c['running']}  errors {c['failed']}  epochs {c['epochs']}")
+
+    return bar, update
+
+
+@app.command()
+@user_errors
+def launch(
+    file: Annotated[Path, typer.Argument(help="Sweep file (YAML).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, print the trial table (and the sbatch script); run nothing.")] = False,
+    local: Annotated[bool, typer.Option("--local", help="Run here even if the file has a slurm: section.")] = False,
+    max_concurrent: Annotated[int | None, typer.Option(min=1, help="Override resources.max_concurrent.")] = None,
+    wandb: Annotated[str | None, typer.Option(help="offline | online | disabled (overrides tracking.wandb.mode).")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Join a running Ray cluster ('auto' inside the sbatch job).")] = None,
+) -> None:
+    """Run a sweep: locally on Ray Tune, or submitted to SLURM when the file has a slurm: section.
+
+    Re-running the same command resumes: finished trials are kept, unfinished ones
+    continue from their last epoch.
+
+    Example: mixsweep launch sweeps/quickstart.yaml
+    """
+    import yaml
+
+    from mixsweep.data.datasets import require_available
+    from mixsweep.spec import expand, load_spec
+    from mixsweep.store import SweepPaths, atomic_write_text
+
+    if wandb is not None and wandb not in ("offline", "online", "disabled"):
+        raise UsageError(f"--wandb must be offline, online or disabled (got {wandb!r})")
+    spec = load_spec(file)
+    trials = expand(spec)
+    to_slurm = spec.slurm is not None and not local
+    if dry_run:
+        _print_plan(spec, trials)
+        if to_slurm:
+            from mixsweep.slurm import submit
+
+            submit(spec, file, dry_run=True, console=console)
+        return
+    for name, root, download in {(t.data.dataset, t.data.root, t.data.download) for t in trials}:
+        require_available(name, root, download)
+    paths = SweepPaths.of(spec.runs_dir, spec.name)
+    atomic_write_text(paths.spec, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    if to_slurm:
+        from mixsweep.slurm import submit
+
+        submit(spec, paths.spec, dry_run=False, console=console)
+        return
+    from mixsweep.tune import run_sweep
+
+    bar, update = _live_progress()
+    with bar:
+        outcome = run_sweep(spec, trials, ray_address=ray_address, max_concurrent=max_concurrent,
+                            wandb_mode=wandb, progress=update)
+    console.print(f"sweep {spec.name}: {outcome.completed} completed, {outcome.failed} failed, "
+                  f"{outcome.unfinished} unfinished, {outcome.skipped} already done before this launch "
+                  f"({outcome.seconds:.0f} s); results: {paths.results}")
+    if not outcome.done:
+        err_console.print(f"sweep stopped before the end; resume with: mixsweep launch {file}")
+        raise typer.Exit(3)
+
+
+def _sweep_dir(name_or_dir: str, runs_dir: Path) -> Path:
+    p = Path(name_or_dir)
+    root = p if (p / "spec.yaml").is_file() else runs_dir / name_or_dir
+    if not (root / "spec.yaml").is_file():
+        raise UsageError(f"no sweep {name_or_dir!r}: {root / 'spec.yaml'} not found (launch it first)")
+    return root
+
+
+def status_table(root: Path) -> tuple[Table, dict[str, int]]:
+    """Counts per status and the best cells (mean final accuracy over seeds)."""
+    import pandas as pd
+
+    from mixsweep.spec import expand, load_spec
+    from mixsweep.store import STATUS_ORDER, SweepPaths, collect_rows
+
+    spec = load_spec(root / "spec.yaml")
+    rows = pd.DataFrame(collect_rows(SweepPaths(root), expand(spec)))
+    counts = {s: int((rows["status"] == s).sum()) for s in STATUS_ORDER}
+    cells = ["data.dataset", "data.labeled_fraction", "model.arch", "mixup.mode", "mixup.k", "mixup.alpha"]
+    table = Table(title=f"{spec.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+                  + f" / {len(rows)} trials")
+    for col in ("dataset", "fraction", "arch", "mode", "k", "alpha", "seeds", "acc (mean)",
+                "epochs→target (median)", "reached"):
+        table.add_column(col)
+    done = rows[rows["status"] == "completed"]
+    if len(done):
+        g = done.groupby([c for c in cells], dropna=False)
+        # median over the trials that reached the target; "reached" shows how many did (censoring)
+        best = g.agg(n=("trial_id", "size"), acc=("final_acc", "mean"),
+                     ett=("epochs_to_target", "median"),
+                     hit=("reached_target", lambda s: int((s == True).sum()))  # noqa: E712
+                     ).sort_values("acc", ascending=False).head(10)
+        for key, r in best.iterrows():
+            table.add_row(*(_fmt(v) for v in key), str(int(r["n"])), f"{r['acc']:.4f}",
+                          _fmt(r["ett"]), f"{int(r['hit'])}/{int(r['n'])}")
+    return table, counts
+
+
+@app.command()
+@user_errors
+def status(
+    name: Annotated[str, typer.Argument(help="Sweep name (under --runs-dir) or a sweep folder.")],
+    runs_dir: Annotated[Path, typer.Option(help="Where sweeps are stored.")] = Path("runs"),
+    watch: Annotated[float, typer.Option(help="Refresh every N seconds until Ctrl-C (0: once).")] = 0,
+) -> None:
+    """Progress of a sweep: trials done/running/pending/failed and the best cells.
+
+    Example: mixsweep status quickstart --watch 10
+    """
+    import time
+
+    from rich.live import Live
+
+    root = _sweep_dir(name, runs_dir)
+    if not watch:
+        console.print(status_table(root)[0])
+        return
+    with Live(status_table(root)[0], console=console, refresh_per_second=1) as live:
+        try:
+            while True:
+                time.sleep(watch)
+                live.update(status_table(root)[0])
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+@user_errors
+def sync(
+    name: Annotated[str, typer.Argument(help="Sweep name (under --runs-dir) or a sweep folder.")],
+    runs_dir: Annotated[Path, typer.Option(help="Where sweeps are stored.")] = Path("runs"),
+    jobs: Annotated[int, typer.Option(min=1, help="Uploads at once.")] = 8,
+) -> None:
+    """Upload a sweep's offline W&B runs (needs `wandb login` or WANDB_API_KEY).
+
+    Example: mixsweep sync quickstart --jobs 16
+    """
+    from mixsweep.tracking import offline_runs
+    from mixsweep.tracking import sync as wandb_sync
+
+    root = _sweep_dir(name, runs_dir)
+    if not offline_runs(root):
+        console.print(f"nothing to sync in {root / 'wandb'}")
+        return
+    results = wandb_sync(root, jobs)
+    bad = [(p, msg) for p, ok, msg in results if not ok]
+    console.print(f"synced {len(results) - len(bad)} of {len(results)} runs")
+    for p, msg in bad:
+        err_console.print(f"failed: {p.name}: {msg}", markup=False)
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Sweep folders (runs/<sweep>) to compare.")],
+    out: Annotated[Path, typer.Option(help="The HTML file (self-contained: opens without a network).")] = Path("report.html"),
+    by: Annotated[str, typer.Option(help="Axis of facet rows: fraction, k, alpha, dataset, ... or a results.csv config column; 'none' for no rows.")] = "fraction",
+    png: Annotated[Path | None, typer.Option(help="Also write each figure as DIR/<figure>.png (needs Chromium).")] = None,
+    wandb: Annotated[bool, typer.Option("--wandb", help="Also build the W&B report: saved when online, else its JSON beside the HTML.")] = False,
+) -> None:
+    """Compare sweeps: per-layer nonlinearity, accuracy, epochs to target -> one HTML file.
+
+    Example: mixsweep report runs/quickstart runs/quickstart_a02 --out report.html --png figs
+    """
+    from mixsweep.report import ReportError, write_report
+
+    try:
+        built = write_report(run_dirs, out, by=None if by.lower() == "none" else by, png_dir=png, wandb=wandb)
+    except ReportError as err:
+        raise UsageError(str(err)) from None
+    console.print(f"report: {built.html} ({len(built.figures)} figures)", soft_wrap=True)
+    for p in built.pngs:
+        console.print(f"  png: {p}", soft_wrap=True)
+    if built.wandb:
+        console.print(built.wandb, markup=False, highlight=False, soft_wrap=True)
+
+
+data_app = typer.Typer(help="Prepare datasets (e.g. FFCV .beton files).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+@user_errors
+def data_prepare(
+    dataset: Annotated[str, typer.Argument(help="cifar10 | cifar100 | svhn | digits | synthetic")],
+    format: Annotated[str, typer.Option("--format", help="Output format (ffcv).")] = "ffcv",
+    out: Annotated[Path | None, typer.Option(help="Folder for train.beton/test.beton "
+                                             "(default: data.ffcv_dir's default).")] = None,
+    root: Annotated[str, typer.Option(help="Where the dataset is (or is downloaded to).")] = "~/.cache/mixsweep/data",
+    download: Annotated[bool, typer.Option(help="Download the dataset if missing.")] = False,
+) -> None:
+    """Write a dataset in a loader's format.
+
+    Example: mixsweep data prepare cifar10 --format ffcv --out data/ffcv/cifar10 --download
+    """
+    from mixsweep.data import load_dataset
+    from mixsweep.data.ffcv_loader import prepare, resolve_ffcv_dir
+    from mixsweep.spec import DataConfig
+
+    if format != "ffcv":
+        raise UsageError(f"unknown --format {format!r}; allowed: ffcv")
+    target = out if out is not None else resolve_ffcv_dir(DataConfig().ffcv_dir, root, dataset)
+    written = prepare(load_dataset(dataset, root, download), target)
+    for part, path in written.items():
+        console.print(f"{part}: {path}")
+
+
+@app.command()
+@user_errors
+def bench(
+    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    quick: Annotated[bool, typer.Option(help="Tiny sizes (a smoke run, numbers not meaningful).")] = False,
+    only: Annotated[str | None, typer.Option(help="Comma list of parts: loader,trainer,nonlinearity,scheduler,gpu.")] = None,
+) -> None:
+    """Loader / trainer / nonlinearity / scheduler (and GPU) benchmarks, ratios side by side.
+
+    Example: mixsweep bench --json
+    """
+    import json
+
+    from mixsweep.bench import PARTS, format_results, run_bench
+
+    parts = [p.strip() for p in only.split(",")] if only else None
+    bad = [p for p in parts or [] if p not in PARTS]
+    if bad:
+        raise UsageError(f"unknown bench part(s) {', '.join(bad)}; allowed: {', '.join(PARTS)}")
+    res = run_bench(quick=quick, parts=parts, log=lambda m: err_console.print(m, markup=False))
+    if json_out:
+        print(json.dumps(res, indent=2))
+    else:
+        console.print(format_results(res), markup=False, highlight=False)
 
 
 def main() -> None:

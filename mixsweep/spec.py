@@ -71,6 +71,8 @@ class DataConfig(_Frozen):
     split_seed: int | None = None  # None: the trial's seed chooses the labeled subset
     root: str = "~/.cache/mixsweep/data"  # environment, not identity
     download: bool = False  # environment, not identity
+    # .beton folder of `loader: ffcv` (`mixsweep data prepare`); environment, not identity
+    ffcv_dir: str = "{root}/ffcv/{dataset}"
 
 
 class ModelConfig(_Frozen):
@@ -118,7 +120,7 @@ class LinearityConfig(_Frozen):
 # Keys that describe the environment a trial runs in, not the trial: they do
 # not enter the trial id, so moving data or switching device never re-runs.
 _NOT_IDENTITY = {
-    "data": {"root", "download"},
+    "data": {"root", "download", "ffcv_dir"},
     "train": {"device", "eval_batch_size", "epoch_seconds_hint"},
 }
 
@@ -430,3 +432,27 @@ def load_trial(path: str | Path) -> tuple[SweepSpec, TrialConfig]:
             [f"{path}: a trial file needs one value per key; these keys have several: {varying}"]
         )
     return spec, trials[0]
+
+
+def plan(spec: SweepSpec, trials: list[TrialConfig]) -> dict[str, Any]:
+    """What a launch would run: counts, axes, resources and a GPU-hour estimate."""
+    res = spec.resources
+    epochs = sum(t.train.epochs for t in trials)
+    hints = [t.train.epoch_seconds_hint for t in trials]
+    gpu_hours = None
+    if all(h is not None for h in hints):
+        seconds = sum(t.train.epochs * t.train.epoch_seconds_hint for t in trials)  # type: ignore[operator]
+        gpu_hours = seconds / 3600 * max(res.gpus_per_trial, 0)
+    by_mode: dict[str, int] = {}
+    for t in trials:
+        by_mode[t.mixup.mode] = by_mode.get(t.mixup.mode, 0) + 1
+    return {
+        "name": spec.name,
+        "trials": len(trials),
+        "by_mode": by_mode,
+        "axes": axes(spec),
+        "epochs_total": epochs,
+        "resources": res.model_dump(),
+        "gpu_hours_estimate": gpu_hours,
+        "target": "slurm" if spec.slurm else "local",
+    }

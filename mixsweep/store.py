@@ -24,10 +24,17 @@ from typing import Any
 import torch
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file in the same folder + rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, _umask_mode())  # mkstemp makes 0600; results are meant to be shared
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -40,7 +47,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    # key order kept: layer dicts are in network order
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
@@ -88,8 +96,13 @@ class TrialPaths:
     def result(self) -> Path:
         return self.root / "result.json"
 
+    @property
+    def error(self) -> Path:
+        """Ray's last error for a trial that crashed past max_failures."""
+        return self.root / "error.json"
+
     def write_metrics(self, history: Iterable[dict[str, Any]]) -> None:
-        atomic_write_text(self.metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in history))
 
 
 @dataclass(frozen=True)
@@ -122,7 +135,7 @@ class SweepPaths:
 
 # --------------------------------------------------------------------------- the results table
 
-STATUS_ORDER = ("completed", "failed", "running", "pending")
+STATUS_ORDER = ("completed", "failed", "error", "running", "pending")
 
 
 def result_row(trial_id: str, config: dict[str, Any], result: dict[str, Any] | None,
@@ -151,8 +164,11 @@ def collect_rows(sweep: SweepPaths, trials: Iterable[Any]) -> list[dict[str, Any
             result = None
         history = read_jsonl(tp.metrics)
         epochs = history[-1]["epoch"] if history else 0
+        error = read_json(tp.error)
         if result:
             status = result["status"]
+        elif error:  # crashed past max_failures in Ray; re-runs (from its checkpoint) on relaunch
+            status, result = "error", {"reason": error.get("error")}
         else:
             status = "running" if history else "pending"
         rows.append(result_row(cfg.trial_id, cfg.flat(), result, epochs, status))

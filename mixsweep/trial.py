@@ -127,6 +127,7 @@ class _Run:
         self.loader = make_loader(
             cfg.data.loader, self.data, split, cfg.train.batch_size, device,
             augment=cfg.data.augment, unlabeled=self.teacher is not None, seed=cfg.seed,
+            ffcv_dir=cfg.data.ffcv_dir.format(root=cfg.data.root, dataset=cfg.data.dataset),
         )
         self.steps_per_epoch = self.loader.steps_per_epoch
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
@@ -139,6 +140,7 @@ class _Run:
         self.step = 0
         self.train_seconds = 0.0
         self.history: list[dict[str, Any]] = []
+        self.resumes: list[int] = []  # the epoch each resume continued from
 
     # -- checkpoints
     def state(self) -> dict[str, Any]:
@@ -151,6 +153,7 @@ class _Run:
             "step": self.step,
             "train_seconds": self.train_seconds,
             "history": self.history,
+            "resumes": self.resumes,
         }
 
     def load(self, ck: dict[str, Any]) -> None:
@@ -161,6 +164,7 @@ class _Run:
         self.sched.load_state_dict(ck["sched"])
         self.step, self.train_seconds = ck["step"], ck["train_seconds"]
         self.history = list(ck["history"])
+        self.resumes = [*ck.get("resumes", []), self.history[-1]["epoch"]]
 
     # -- work
     def _x(self, x: torch.Tensor | None) -> torch.Tensor | None:
@@ -246,6 +250,7 @@ def _summary(cfg: TrialConfig, run: _Run, status: str, reason: str | None, wall:
         "nl_at_init": with_nl[0]["nl"] if with_nl and with_nl[0]["epoch"] == 0 else None,
         "train_seconds": run.train_seconds,
         "wall_seconds": wall,
+        "resumed_from": run.resumes,
         "provenance": provenance(run.device),
     }
 

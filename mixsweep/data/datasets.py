@@ -126,3 +126,18 @@ def load_dataset(name: str, root: str | Path = "~/.cache/mixsweep/data", downloa
     if name in ("cifar10", "cifar100", "svhn"):
         return _torchvision(name, Path(root).expanduser(), download)
     raise DataError(f"unknown dataset {name!r}; allowed: cifar10, cifar100, svhn, digits, synthetic")
+
+
+_FILES = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "svhn": "train_32x32.mat"}
+
+
+def require_available(name: str, root: str | Path, download: bool) -> None:
+    """Fail before a sweep starts when a dataset is neither on disk nor to be downloaded."""
+    if name not in _FILES or download:
+        return
+    where = Path(root).expanduser()
+    if not (where / _FILES[name]).exists():
+        raise DataError(
+            f"{name} not found in {where / _FILES[name]} — set `data.download: true` to fetch it "
+            f"there, or `data.root` to where it is"
+        )

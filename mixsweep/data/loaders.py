@@ -1,7 +1,7 @@
 """Loaders: per-step (labeled, unlabeled) batches, normalised, on the device.
 
-``memory`` (default) keeps the whole training set as one padded uint8 tensor on
-the training device; each epoch draws a seeded permutation and does random crop
+``memory`` (default) keeps the whole training set on the training device,
+padded and normalised once (float32); each epoch draws a seeded permutation and does random crop
 + flip as batched tensor ops (no worker processes). All randomness of epoch e
 comes from generators seeded by (seed, e), so a resumed trial sees exactly the
 batches an uninterrupted one would.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -42,6 +43,19 @@ def stream_indices(pool: torch.Tensor, count: int, g: torch.Generator) -> torch.
     return pool[order[:count]]
 
 
+def epoch_streams(
+    split: Split, n: int, seed: int, epoch: int, unlabeled: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The labeled (and unlabeled) index streams of one epoch: ``n`` indices each.
+
+    Every loader kind walks these, so the labeled subset and the order of
+    examples do not depend on the loader.
+    """
+    lab = stream_indices(split.labeled, n, epoch_generator(seed, epoch, 0))
+    unl = stream_indices(split.unlabeled, n, epoch_generator(seed, epoch, 1)) if unlabeled else None
+    return lab, unl
+
+
 def crop_flip_params(n: int, pad: int, flip: bool, g: torch.Generator):
     """Per-example crop offsets in [0, 2*pad] and flip flags (the augmentation law)."""
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
@@ -50,11 +64,18 @@ def crop_flip_params(n: int, pad: int, flip: bool, g: torch.Generator):
     return dy, dx, fl
 
 
-def crop_flip(padded: torch.Tensor, dy, dx, fl, size: tuple[int, int]) -> torch.Tensor:
-    """Batched random crop (from a zero-padded batch) + horizontal flip, one gather."""
+def crop_flip(
+    padded: torch.Tensor, dy, dx, fl, size: tuple[int, int], idx: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Batched random crop (from zero-padded images) + horizontal flip, one gather.
+
+    ``idx`` picks the examples of ``padded`` (default: all of it, in order), so
+    selection, crop and flip are a single indexing op. The result is (B, C, H, W)
+    with channels-last strides (what the GPU convolutions prefer).
+    """
     h, w = size
     dev = padded.device
-    b = torch.arange(padded.shape[0], device=dev)
+    b = torch.arange(padded.shape[0], device=dev) if idx is None else idx.to(dev)
     rows = dy.to(dev)[:, None] + torch.arange(h, device=dev)
     cols = dx.to(dev)[:, None] + torch.arange(w, device=dev)
     cols = torch.where(fl.to(dev)[:, None], cols.flip(1), cols)
@@ -92,28 +113,26 @@ class MemoryLoader:
         p = data.pad if augment else 0
         self.pad = p
         x = data.train_x.to(device)
-        self.train = torch.nn.functional.pad(x, (p, p, p, p)) if p else x
+        # Padded in pixel space (zeros, like torchvision's fill=0), then normalised once:
+        # float32 costs 4x the memory of uint8 but measured faster per batch (mixsweep bench).
+        self.train = Normalize(data, device)(torch.nn.functional.pad(x, (p, p, p, p)) if p else x)
         self.labels = data.train_y.to(device)
-        self.norm = Normalize(data, device)
         self.size = data.shape[1:]
 
     def _images(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        src = self.train[idx.to(self.device)]
-        if self.augment:
-            dy, dx, fl = crop_flip_params(len(idx), self.pad, self.data.flip, g)
-            src = crop_flip(src, dy, dx, fl, self.size)
-        return self.norm(src)
+        if not self.augment:
+            return self.train[idx.to(self.device)]
+        dy, dx, fl = crop_flip_params(len(idx), self.pad, self.data.flip, g)
+        return crop_flip(self.train, dy, dx, fl, self.size, idx=idx)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
-        n = self.steps_per_epoch * self.batch_size
-        g_lab, g_unl = epoch_generator(self.seed, epoch, 0), epoch_generator(self.seed, epoch, 1)
-        lab = stream_indices(self.split.labeled, n, g_lab).view(self.steps_per_epoch, -1)
-        unl = (
-            stream_indices(self.split.unlabeled, n, g_unl).view(self.steps_per_epoch, -1)
-            if self.unlabeled
-            else None
-        )
-        for step in range(self.steps_per_epoch):
+        n, steps = self.steps_per_epoch * self.batch_size, self.steps_per_epoch
+        lab, unl = epoch_streams(self.split, n, self.seed, epoch, self.unlabeled)
+        # augmentation draws its own streams (4, 5): the index streams stay loader-independent
+        g_lab, g_unl = epoch_generator(self.seed, epoch, 4), epoch_generator(self.seed, epoch, 5)
+        lab = lab.view(steps, -1)
+        unl = unl.view(steps, -1) if unl is not None else None
+        for step in range(steps):
             x = self._images(lab[step], g_lab)
             y = self.labels[lab[step].to(self.device)]
             xu = self._images(unl[step], g_unl) if unl is not None else None
@@ -139,10 +158,27 @@ def make_loader(
     augment: bool,
     unlabeled: bool,
     seed: int,
+    ffcv_dir: str | Path | None = None,
+    num_workers: int | None = None,
 ):
-    """The loader named by ``data.loader``; every kind yields the same ``Batch`` stream shape."""
+    """The loader named by ``data.loader``; every kind yields the same ``Batch`` stream.
+
+    Args:
+        kind: memory | torch | ffcv.
+        ffcv_dir: the folder of ``train.beton`` (``mixsweep data prepare``); ffcv only.
+        num_workers: worker processes of the torch loader (None: one per core).
+    """
+    kw = {"augment": augment, "unlabeled": unlabeled, "seed": seed}
     if kind == "memory":
-        return MemoryLoader(
-            data, split, batch_size, device, augment=augment, unlabeled=unlabeled, seed=seed
-        )
+        return MemoryLoader(data, split, batch_size, device, **kw)
+    if kind == "torch":
+        from mixsweep.data.torch_loader import TorchLoader
+
+        return TorchLoader(data, split, batch_size, device, num_workers=num_workers, **kw)
+    if kind == "ffcv":
+        from mixsweep.data.ffcv_loader import FfcvLoader
+
+        if ffcv_dir is None:
+            raise ValueError("loader 'ffcv' needs ffcv_dir (data.ffcv_dir)")
+        return FfcvLoader(data, split, batch_size, device, ffcv_dir=ffcv_dir, **kw)
     raise ValueError(f"unknown loader {kind!r}; allowed: memory, torch, ffcv")

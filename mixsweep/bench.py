@@ -1,0 +1,265 @@
+"""``mixsweep bench``: loader, trainer, nonlinearity and scheduler benchmarks.
+
+Each part measures its alternatives in one run and prints them side by side
+with their ratio (benchmarks, not timed tests). Data is CIFAR-shaped and
+synthetic (3x32x32 uint8, 10 classes, pad 4, flips), so a fresh clone needs
+no download. Trainer and nonlinearity timings on CPU train a few steps and
+extrapolate per image to a 50k-image CIFAR epoch (the method is in the
+output). GPU parts (``bench_gpu.py``) run only where CUDA is present.
+
+Ray is imported only inside ``scheduler()`` (a measurement of Ray Tune
+itself); the sweep integration is ``tune.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mixsweep.data.datasets import ArrayDataset, synthetic
+from mixsweep.data.ffcv_loader import ffcv_available, prepare
+from mixsweep.data.loaders import make_loader
+from mixsweep.data.split import labeled_split
+from mixsweep.data.torch_loader import default_workers
+from mixsweep.linearity import layer_stats
+from mixsweep.models import build_model
+from mixsweep.spec import LinearityConfig
+
+PARTS = ("loader", "trainer", "nonlinearity", "scheduler", "gpu")
+CIFAR_EPOCH = 50_000  # images in a CIFAR-10 training epoch (extrapolation target)
+Log = Callable[[str], None]
+
+# default sizes (about 5 minutes on 2 busy cores) and --quick sizes (a smoke run)
+SIZES = {
+    False: {"images": 10_000, "batch": 512, "train_steps": {"cnn": 6, "resnet18": 2},
+            "train_batch": 128, "probes": 512, "trials": 8},
+    True: {"images": 1_024, "batch": 128, "train_steps": {"cnn": 2, "resnet18": 1},
+           "train_batch": 32, "probes": 32, "trials": 2},
+}
+
+
+def cifar_like(n: int, seed: int = 0) -> ArrayDataset:
+    """Synthetic CIFAR-shaped data: 3x32x32 uint8, 10 classes, crop pad 4, flips."""
+    return dataclasses.replace(synthetic(n, 256, 10, 32, seed), name="cifar_like", pad=4)
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": default_workers(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _loaders(data: ArrayDataset, batch: int, device: torch.device, ffcv_dir: str | None):
+    split = labeled_split(data.train_y, 1.0, 0)
+    kinds = ["memory", "torch"] + (["ffcv"] if ffcv_dir else [])
+    for kind in kinds:
+        yield kind, make_loader(kind, data, split, batch, device, augment=True, unlabeled=False,
+                                seed=0, ffcv_dir=ffcv_dir)
+
+
+def _ffcv_dir(data: ArrayDataset, tmp: str, out: dict[str, Any]) -> str | None:
+    if not ffcv_available():
+        out["ffcv"] = "not installed (pip install 'mixsweep[ffcv]')"
+        return None
+    t = time.perf_counter()
+    prepare(data, tmp, num_workers=default_workers())
+    out["ffcv_prepare_seconds"] = round(time.perf_counter() - t, 2)
+    return tmp
+
+
+def loader(quick: bool, log: Log, device: torch.device | None = None) -> dict[str, Any]:
+    """Images/s of one augmented epoch (after a warm-up epoch), per loader kind."""
+    sz, device = SIZES[quick], device or torch.device("cpu")
+    data = cifar_like(sz["images"])
+    out: dict[str, Any] = {"images": sz["images"], "batch": sz["batch"], "device": str(device),
+                           "torch_num_workers": default_workers(), "augment": "crop pad 4 + flip"}
+    with tempfile.TemporaryDirectory() as tmp:
+        ffcv_dir = _ffcv_dir(data, tmp, out)
+        for kind, ld in _loaders(data, sz["batch"], device, ffcv_dir):
+            for _ in ld.epoch(0):  # warm-up: workers start, numba compiles
+                pass
+            _sync(device)
+            t = time.perf_counter()
+            n = sum(len(b.y) for b in ld.epoch(1))
+            _sync(device)
+            out[f"{kind}_images_per_s"] = round(n / (time.perf_counter() - t))
+            log(f"loader {kind}: {out[f'{kind}_images_per_s']} images/s")
+            del ld
+    base = out["torch_images_per_s"]
+    out["ratio_memory_vs_torch"] = round(out["memory_images_per_s"] / base, 2)
+    if "ffcv_images_per_s" in out:
+        out["ratio_ffcv_vs_torch"] = round(out["ffcv_images_per_s"] / base, 2)
+    return out
+
+
+def train_steps(model, ld, steps: int, device: torch.device, opt=None) -> tuple[float, float, int]:
+    """(total seconds, seconds waiting for the loader, images) over ``steps`` SGD steps."""
+    opt = opt or torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    it = iter(ld.epoch(1))
+    total = wait = 0.0
+    n = 0
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        b = next(it)
+        _sync(device)
+        t1 = time.perf_counter()
+        loss = F.cross_entropy(model(b.x), b.y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(device)
+        t2 = time.perf_counter()
+        total, wait, n = total + t2 - t0, wait + t1 - t0, n + len(b.y)
+    return total, wait, n
+
+
+def trainer(quick: bool, log: Log) -> dict[str, Any]:
+    """A few SGD steps of cnn / resnet18 per loader; per-image time x 50k = epoch estimate."""
+    sz, device = SIZES[quick], torch.device("cpu")
+    data = cifar_like(sz["images"])
+    out: dict[str, Any] = {"batch": sz["train_batch"], "steps": sz["train_steps"],
+                           "method": f"time {sz['train_steps']} steps after 1 warm-up step; "
+                                     f"epoch_seconds = seconds per image x {CIFAR_EPOCH}"}
+    with tempfile.TemporaryDirectory() as tmp:
+        ffcv_dir = _ffcv_dir(data, tmp, out)
+        for kind, ld in _loaders(data, sz["train_batch"], device, ffcv_dir):
+            next(iter(ld.epoch(0)))  # start workers / compile outside the timing
+            for arch in ("cnn", "resnet18"):
+                torch.manual_seed(0)
+                model = build_model(arch, 3, 10, 32)
+                train_steps(model, ld, 1, device)  # warm-up step
+                total, wait, n = train_steps(model, ld, sz["train_steps"][arch], device)
+                key = f"{arch}_{kind}"
+                out[f"{key}_images_per_s"] = round(n / total, 1)
+                out[f"{key}_epoch_seconds_est"] = round(total / n * CIFAR_EPOCH, 1)
+                out[f"{key}_loader_share"] = round(wait / total, 4)
+                log(f"trainer {key}: {n / total:.1f} images/s, loader share {wait / total:.2%}")
+            del ld
+    for arch in ("cnn", "resnet18"):
+        out[f"ratio_{arch}_memory_vs_torch"] = round(
+            out[f"{arch}_memory_images_per_s"] / out[f"{arch}_torch_images_per_s"], 2)
+    return out
+
+
+def nonlinearity(quick: bool, log: Log, train: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Seconds of one NL measurement (resnet18) vs a resnet18 epoch at the default ``every``."""
+    sz, every = SIZES[quick], LinearityConfig().every
+    data = cifar_like(max(sz["probes"], 256))
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3, 10, 32)
+    probes = (data.train_x[: sz["probes"]].float() - 127.5) / 64
+    t = time.perf_counter()
+    layer_stats(model, probes)
+    nl_s = time.perf_counter() - t
+    if train is None or "resnet18_memory_epoch_seconds_est" not in train:
+        train = trainer(quick, log)
+    epoch_s = train["resnet18_memory_epoch_seconds_est"]
+    out = {"probes": sz["probes"], "every": every, "nl_seconds": round(nl_s, 2),
+           "resnet18_epoch_seconds_est": epoch_s,
+           "fraction_of_one_epoch": round(nl_s / epoch_s, 4),
+           "fraction_at_default_every": round(nl_s / (every * epoch_s), 4),
+           "method": "one layer_stats call (k=2) / estimated 50k-image resnet18 epoch "
+                     "(trainer part, memory loader); at default every: / (every x epoch)"}
+    log(f"nonlinearity: {nl_s:.1f} s = {out['fraction_at_default_every']:.2%} of training at every={every}")
+    return out
+
+
+def _trivial(config: dict[str, Any]) -> dict[str, Any]:
+    return {"score": config["i"] * 2}
+
+
+def scheduler(quick: bool, log: Log) -> dict[str, Any]:
+    """N trivial trials through Ray Tune vs the same function called in a loop."""
+    import ray
+    from ray import tune
+
+    n = SIZES[quick]["trials"]
+    t = time.perf_counter()
+    for i in range(n):
+        _trivial({"i": i})
+    loop_s = time.perf_counter() - t
+
+    def trainable(config):
+        tune.report(_trivial(config))
+
+    t = time.perf_counter()
+    ray.init(num_cpus=default_workers(), include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    init_s = time.perf_counter() - t
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            tuner = tune.Tuner(trainable, param_space={"i": tune.grid_search(list(range(n)))},
+                               run_config=tune.RunConfig(storage_path=tmp, name="bench", verbose=0))
+            with contextlib.redirect_stdout(sys.stderr):  # Tune's tables would break --json
+                results = tuner.fit()
+            tune_s = time.perf_counter() - t
+            ok = sum(r.error is None for r in results)
+    finally:
+        ray.shutdown()
+    out = {"trials": n, "trials_ok": ok, "ray_init_seconds": round(init_s, 2),
+           "tune_seconds_per_trial": round(tune_s / n, 3),
+           "loop_seconds_per_trial": round(loop_s / n, 6),
+           "overhead_seconds_per_trial": round((tune_s - loop_s) / n, 3),
+           "method": "Tuner.fit() wall / trials (ray.init reported apart); trials run concurrently"}
+    log(f"scheduler: {out['overhead_seconds_per_trial']} s overhead per trial")
+    return out
+
+
+def run_bench(quick: bool = False, parts: list[str] | None = None, log: Log = print) -> dict[str, Any]:
+    """Run the chosen parts (default: all; gpu only where CUDA is present)."""
+    parts = list(parts or PARTS)
+    res: dict[str, Any] = {"machine": machine(), "quick": quick}
+    t0 = time.perf_counter()
+    if "loader" in parts:
+        res["loader"] = loader(quick, log)
+    if "trainer" in parts or "nonlinearity" in parts:
+        res["trainer"] = trainer(quick, log)
+    if "nonlinearity" in parts:
+        res["nonlinearity"] = nonlinearity(quick, log, res["trainer"])
+    if "scheduler" in parts:
+        res["scheduler"] = scheduler(quick, log)
+    if "gpu" in parts:
+        if torch.cuda.is_available():
+            from mixsweep.bench_gpu import gpu_bench
+
+            res["gpu"] = gpu_bench(quick, log)
+        else:
+            res["gpu"] = {"skipped": "no CUDA device visible"}
+    res["bench_seconds"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
+def format_results(res: dict[str, Any]) -> str:
+    """Plain text: one block per part, ``key: value`` lines (ratios included)."""
+    lines = []
+    for part, val in res.items():
+        if isinstance(val, dict):
+            lines.append(f"[{part}]")
+            lines += [f"  {k}: {v}" for k, v in val.items()]
+        else:
+            lines.append(f"{part}: {val}")
+    return "\n".join(lines)

@@ -1,0 +1,208 @@
+"""Ray Tune glue: run a sweep's trials as one Tuner; stop cleanly; resume.
+
+The store (runs/<sweep>/trials/<trial_id>/) is the source of truth: a trial
+with a result.json is finished and never handed to Ray again; an unfinished
+one continues from its own checkpoint.pt. So every launch builds a fresh Tuner
+over the trials still to do (new trials added to the sweep file are picked up
+too), and ``FailureConfig(max_failures)`` retries a crashed trial, which then
+continues from its last finished epoch. (Tuner.restore alone brings back the
+checkpoints of only some trials; per-trial checkpoints make resume exact.)
+
+Stopping: SIGINT and SIGUSR1 are Ray Tune's own graceful stop (it stops all
+trials and saves its state); SIGTERM is forwarded to that path. SLURM sends
+USR1 before the time limit, and preemption sends TERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from mixsweep.spec import SweepSpec, TrialConfig
+from mixsweep.store import SweepPaths, atomic_write_json, collect_rows, read_json, write_results
+from mixsweep.tracking import TrialRun
+from mixsweep.trial import run_trial
+
+Progress = Callable[[dict[str, int]], None]
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    total: int
+    completed: int
+    failed: int
+    unfinished: int
+    skipped: int  # finished before this launch
+    seconds: float
+
+    @property
+    def done(self) -> bool:
+        return self.unfinished == 0
+
+
+def is_finished(paths: SweepPaths, cfg: TrialConfig) -> bool:
+    res = read_json(paths.trial(cfg.trial_id).result)
+    return bool(res) and res.get("trial_id") == cfg.trial_id
+
+
+def _trainable(config: dict[str, Any]) -> None:
+    """One Ray trial: run_trial on its own folder, reporting each epoch to Tune and W&B."""
+    cfg = TrialConfig.model_validate(config["trial"])
+    sweep_root = Path(config["sweep_root"])
+    torch_threads = max(1, int(config["cpus"]))
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    tracker = TrialRun(
+        trial_id=cfg.trial_id, sweep=config["sweep"], mode=config["wandb_mode"],
+        config=cfg.flat(), project=config["wandb_project"], entity=config["wandb_entity"],
+        root=sweep_root,
+    )
+
+    def report(rec: dict[str, Any]) -> None:
+        tracker.log_epoch(rec)
+        tune.report({"epoch": rec["epoch"], "test_acc": rec["test_acc"], "trial_id": cfg.trial_id})
+
+    result = run_trial(cfg, SweepPaths(sweep_root).trial(cfg.trial_id).root, report)
+    tracker.finish(result)
+
+
+class _Counts(tune.Callback):
+    """Counts trial states for the live progress display."""
+
+    def __init__(self, total: int, skipped: int, progress: Progress | None):
+        self.counts = {"total": total, "done": skipped, "running": 0, "failed": 0, "epochs": 0}
+        self.progress = progress
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its run config; the live display (locks, a terminal) stays behind.
+        return {**self.__dict__, "progress": None}
+
+    def _emit(self) -> None:
+        if self.progress is not None:
+            self.progress(dict(self.counts))
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.counts["running"] += 1
+        self._emit()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.counts["epochs"] += 1
+        self._emit()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.counts["running"] -= 1
+        self.counts["done"] += 1
+        self._emit()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.counts["running"] -= 1
+        self.counts["failed"] += 1
+        self._emit()
+
+
+def _trial_name(trial: Any) -> str:
+    return TrialConfig.model_validate(trial.config["trial"]).trial_id
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Tune's new console output prints its tables even at verbose=0; launch shows its own progress
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+
+
+def _forward_sigterm() -> Any:
+    """TERM -> USR1 to ourselves: Ray Tune's graceful-stop signal."""
+    return signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
+
+
+def run_sweep(
+    spec: SweepSpec,
+    trials: list[TrialConfig],
+    *,
+    ray_address: str | None = None,
+    max_concurrent: int | None = None,
+    wandb_mode: str | None = None,
+    progress: Progress | None = None,
+    num_cpus: int | None = None,
+) -> SweepOutcome:
+    """Run the sweep's unfinished trials on Ray Tune and write the results table."""
+    t0 = time.perf_counter()
+    paths = SweepPaths.of(spec.runs_dir, spec.name)
+    sweep_root = paths.root.resolve()
+    todo = [c for c in trials if not is_finished(paths, c)]
+    skipped = len(trials) - len(todo)
+    res = spec.resources
+    if todo:
+        init_ray(ray_address, num_cpus)
+        common = {
+            "sweep": spec.name, "sweep_root": str(sweep_root), "cpus": res.cpus_per_trial,
+            "wandb_mode": wandb_mode or spec.tracking.wandb.mode,
+            "wandb_project": spec.tracking.wandb.project, "wandb_entity": spec.tracking.wandb.entity,
+        }
+        trainable = tune.with_resources(
+            _trainable, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
+        )
+        counts = _Counts(len(trials), skipped, progress)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={
+                **common,
+                "trial": tune.grid_search([c.model_dump(mode="json") for c in todo]),
+            },
+            tune_config=tune.TuneConfig(
+                num_samples=1, max_concurrent_trials=max_concurrent or res.max_concurrent,
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str(sweep_root / "ray"),
+                failure_config=tune.FailureConfig(max_failures=res.max_failures),
+                callbacks=[counts],
+                verbose=0,
+            ),
+        )
+        previous = _forward_sigterm()
+        try:
+            grid = tuner.fit()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        _record_errors(paths, grid)
+    rows = collect_rows(paths, trials)
+    write_results(paths, rows)
+    by = [r["status"] for r in rows]
+    return SweepOutcome(
+        total=len(trials), completed=by.count("completed"), failed=by.count("failed"),
+        unfinished=len(trials) - by.count("completed") - by.count("failed"), skipped=skipped,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _record_errors(paths: SweepPaths, grid: Any) -> None:
+    """Keep Ray's error for a trial that crashed past max_failures (it re-runs on relaunch)."""
+    for result in grid:
+        if result.error is None:
+            continue
+        trial_id = _trial_name(result)
+        first = str(result.error).strip().splitlines()
+        atomic_write_json(
+            paths.trial(trial_id).error,
+            {"trial_id": trial_id, "error": first[-1] if first else type(result.error).__name__},
+        )

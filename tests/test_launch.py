@@ -1,0 +1,176 @@
+"""`mixsweep launch` on a local Ray: dry-run, bad files, a real sweep, SIGTERM + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from wandb_reader import logged_epochs
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "WANDB_MODE": "offline", "RAY_USAGE_STATS_ENABLED": "0", "COLUMNS": "200"}
+
+
+def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mixsweep.cli", *args], cwd=cwd, env=ENV, capture_output=True,
+        text=True, timeout=timeout,
+    )
+
+
+def write_sweep(tmp: Path, **overrides) -> Path:
+    spec = {
+        "name": "tiny",
+        "data": {"dataset": "digits"},
+        "model": {"arch": "cnn", "width": 8},
+        "train": {"epochs": 3, "batch_size": 256, "target_accuracy": 0.5, "device": "cpu"},
+        "mixup": {"mode": ["erm", "sup"], "k": 2},
+        "linearity": {"probes": 64, "every": 2},
+        "seeds": [0, 1],
+        "resources": {"cpus_per_trial": 1, "max_concurrent": 2},
+    }
+    for key, value in overrides.items():
+        section, _, sub = key.partition("__")
+        if sub:
+            spec[section][sub] = value
+        else:
+            spec[section] = value
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_dry_run_k_points_lists_hundreds_without_ray(tmp_path):
+    code = (
+        "import sys; from typer.testing import CliRunner; from mixsweep.cli import app;"
+        f"r = CliRunner().invoke(app, ['launch', {str(REPO / 'sweeps/k_points.yaml')!r}, '--dry-run']);"
+        "print(r.output); assert r.exit_code == 0, r.output;"
+        "assert 'ray' not in sys.modules, 'dry-run imported ray'"
+    )
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "486 trials" in proc.stdout
+    assert proc.stdout.count("cifar100") >= 162  # one row per trial
+    assert not (tmp_path / "runs").exists()  # nothing written, nothing submitted
+    assert elapsed < 60
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        ({"mixup__kk": 3}, "mixup: unknown key 'kk' (did you mean 'k'?)"),
+        ({"mixup__k": [1, 2]}, "mixup.k[0]: Input should be greater than or equal to 2"),
+        ({"mixup__alpha": 0}, "mixup.alpha[0]: Input should be greater than 0"),
+        ({"data__labeled_fraction": 1.5}, "data.labeled_fraction[0]: Input should be less than or equal to 1"),
+        ({"data__dataset": "imagenet"}, "data.dataset[0]: Input should be 'cifar10'"),
+        ({"model__arch": "vit"}, "model.arch[0]: Input should be 'cnn', 'resnet18' or 'wrn28_2'"),
+        ({"seeds": []}, "seeds: must not be empty"),
+        ({"mixup__mode": []}, "mixup.mode: must not be empty"),
+    ],
+)
+def test_bad_sweep_files_exit_2_with_one_line(tmp_path, patch, expected):
+    proc = cli("launch", str(write_sweep(tmp_path, **patch)), cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert any(expected in line for line in lines), proc.stderr
+    assert all(line.startswith("error: ") for line in lines)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_cifar_fails_before_anything_starts(tmp_path):
+    path = write_sweep(tmp_path, data={"dataset": "cifar10", "root": str(tmp_path / "nodata")})
+    proc = cli("launch", str(path), cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert "cifar10 not found in" in proc.stderr and "data.download" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _trial_state(runs: Path) -> dict[str, dict]:
+    out = {}
+    for d in (runs / "tiny" / "trials").glob("*"):
+        lines = (d / "metrics.jsonl").read_text().splitlines() if (d / "metrics.jsonl").exists() else []
+        out[d.name] = {"epochs": [json.loads(x)["epoch"] for x in lines], "done": (d / "result.json").exists()}
+    return out
+
+
+@pytest.mark.slow
+def test_sigterm_mid_sweep_then_relaunch_completes_without_rerun(tmp_path):
+    """Kill the driver with SIGTERM mid-sweep; the same command again finishes the sweep:
+    finished trials are not re-run, interrupted ones continue from their last epoch."""
+    path = write_sweep(tmp_path, train__epochs=12, seeds=[0, 1, 2])  # 6 trials, 2 at a time
+    proc = subprocess.Popen([sys.executable, "-m", "mixsweep.cli", "launch", str(path)],
+                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    runs = tmp_path / "runs"
+    deadline = time.time() + 400
+    state = {}
+    while time.time() < deadline and proc.poll() is None:
+        state = _trial_state(runs) if (runs / "tiny" / "trials").exists() else {}
+        finished = [t for t, s in state.items() if s["done"]]
+        midway = [t for t, s in state.items() if not s["done"] and max(s["epochs"], default=0) >= 2]
+        if finished and midway:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 3, out[-3000:]
+    assert "resume with: mixsweep launch" in out
+
+    before = _trial_state(runs)
+    done_before = {t for t, s in before.items() if s["done"]}
+    partial = {t: max(s["epochs"]) for t, s in before.items() if not s["done"] and s["epochs"]}
+    assert done_before and any(e >= 1 for e in partial.values())
+    mtimes = {t: (runs / "tiny/trials" / t / "result.json").stat().st_mtime_ns for t in done_before}
+    table = pd.read_csv(runs / "tiny/results.csv")
+    assert len(table) == 6 and table["trial_id"].is_unique
+    assert (table["status"] == "completed").sum() == len(done_before)
+
+    again = cli("launch", str(path), cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    table = pd.read_csv(runs / "tiny/results.csv")
+    assert len(table) == 6 and table["trial_id"].is_unique
+    assert set(table["status"]) == {"completed"}
+    for t in done_before:  # not run again
+        assert (runs / "tiny/trials" / t / "result.json").stat().st_mtime_ns == mtimes[t]
+    for t, s in _trial_state(runs).items():  # every epoch exactly once
+        assert s["epochs"] == list(range(13)), (t, s["epochs"])
+    for t, epoch in partial.items():  # continued from its checkpoint, not from scratch
+        result = json.loads((runs / "tiny/trials" / t / "result.json").read_text())
+        assert result["resumed_from"] == [epoch], (t, result["resumed_from"])
+    # one W&B run per trial: all offline sessions of a trial share its id ...
+    run_ids = {p.name.rsplit("-", 1)[-1] for p in (runs / "tiny/wandb").glob("offline-run-*")}
+    assert run_ids == set(table["trial_id"])
+    # ... and no epoch is logged twice across them (resumed trials log only new epochs)
+    for t in table["trial_id"]:
+        epochs = logged_epochs(runs / "tiny", t)
+        assert len(epochs) == len(set(epochs)), (t, epochs)
+        assert set(epochs) <= set(range(13)) and 12 in epochs, (t, epochs)
+
+
+@pytest.mark.slow
+def test_quickstart_sized_launch_and_status(tmp_path):
+    path = write_sweep(tmp_path)
+    proc = cli("launch", str(path), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "runs/tiny/results.csv")
+    assert sorted(table["mixup.mode"]) == ["erm", "erm", "sup", "sup"]
+    assert set(table["status"]) == {"completed"} and table["trial_id"].is_unique
+    assert len(list((tmp_path / "runs/tiny/wandb").glob("offline-run-*"))) == 4
+    status = cli("status", "tiny", cwd=tmp_path, timeout=60)
+    assert status.returncode == 0 and "4 completed / 4 trials" in status.stdout
+    # a relaunch of a finished sweep runs nothing and keeps the table
+    again = cli("launch", str(path), cwd=tmp_path)
+    assert again.returncode == 0 and "4 already done before this launch" in again.stdout
