@@ -190,17 +190,21 @@ def log_file(sweep_root: Path, job_id: str) -> Path:
 
 
 def submit(spec: SweepSpec, spec_path: Path, dry_run: bool = False,
-           python: str | None = None) -> str | None:
+           python: str | None = None, console: Any = None) -> str | None:
     """Render runs/<sweep>/slurm/job.sbatch, sbatch it, record and return the job id.
 
     ``spec_path`` is the sweep file the user gave (named in errors). The job's
     driver reads the store's spec.yaml, written here if the caller has not.
     With ``dry_run`` nothing is written or submitted and None is returned (print
     ``sbatch_script(spec)`` to show the script). ``python``: the job's interpreter
-    (default: this one, or ``python3`` in slurm.container).
+    (default: this one, or ``python3`` in slurm.container). ``console`` (rich):
+    where to print the script (dry run) or the job id and how to follow it.
     """
     script = sbatch_script(spec, python=python)  # validates the #SBATCH values before anything is written
     if dry_run:
+        if console is not None:
+            console.print(f"sbatch script for {spec_path} (not submitted):", markup=False)
+            console.print(script, markup=False, highlight=False, soft_wrap=True)
         return None
     sweep = SweepPaths.of(Path.cwd().resolve() / spec.runs_dir, spec.name)
     old = recorded_job(sweep.root)
@@ -227,7 +231,17 @@ def submit(spec: SweepSpec, spec_path: Path, dry_run: bool = False,
     if not job_id.isdigit():
         raise SubmitError(f"sbatch printed no job id: {proc.stdout.strip()!r}")
     atomic_write_text(sweep.slurm / JOB_ID_FILE, job_id + "\n")
+    if console is not None:
+        console.print(follow_hint(spec.name, sweep.root, job_id), markup=False, highlight=False)
     return job_id
+
+
+def follow_hint(name: str, sweep_root: Path, job_id: str) -> str:
+    """What to tell the user after a submission."""
+    return (f"submitted SLURM job {job_id} for sweep {name} (script: {sweep_root / 'slurm' / JOB_FILE})\n"
+            f"  progress: mixsweep status {name} --watch 30\n"
+            f"  log:      tail -f {log_file(sweep_root, job_id)}\n"
+            f"  stop:     mixsweep cancel {name}")
 
 
 def _parse_scontrol(line: str) -> dict[str, str]:
