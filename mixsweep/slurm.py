@@ -19,6 +19,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time as _time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -289,14 +290,29 @@ def job_state(sweep_root: Path) -> dict[str, Any] | None:
     return info
 
 
-def cancel(sweep_root: Path) -> str:
-    """scancel the sweep's recorded job and return its id; the results stay in the store."""
+def cancel(sweep_root: Path, timeout: float = 120.0) -> str:
+    """Stop the sweep's recorded job in order and return its id; the results stay in the store.
+
+    USR2 to the batch shell makes the script stop the driver (it checkpoints
+    and writes results.csv), then Ray, then scancel the job itself. A pending
+    job, or one still there after ``timeout`` seconds, gets a plain scancel.
+    """
     job_id = recorded_job(sweep_root)
     if job_id is None:
         raise SlurmError(f"no SLURM job recorded in {Path(sweep_root) / 'slurm' / JOB_ID_FILE}: "
                          "nothing to cancel (a --local sweep stops with Ctrl-C)")
+    info = job_state(sweep_root) or {}
+    if info.get("state") not in ACTIVE_STATES:
+        raise SlurmError(f"SLURM job {job_id} is not queued or running ({info.get('state')}): "
+                         "nothing to cancel")
+    if info.get("state") == "RUNNING":
+        _run(["scancel", "--batch", "--signal=USR2", job_id])
+        end = _time.monotonic() + timeout
+        while _time.monotonic() < end:
+            if (job_state(sweep_root) or {}).get("state") not in ACTIVE_STATES - {"COMPLETING"}:
+                return job_id
+            _time.sleep(1.0)
     proc = _run(["scancel", job_id])
-    if proc.returncode != 0:
-        msg = (proc.stderr or proc.stdout).strip()
-        raise SlurmError(f"scancel {job_id} failed: {msg or proc.returncode}")
+    if proc.returncode != 0 and "already completing or completed" not in proc.stderr:
+        raise SlurmError(f"scancel {job_id} failed: {(proc.stderr or proc.stdout).strip()}")
     return job_id

@@ -8,8 +8,9 @@
 # --signal=B:USR1@grace sends USR1 to this shell before the time limit: the
 # driver stops cleanly (finished trials stay, running ones keep their last
 # epoch's checkpoint), Ray is stopped, and the job requeues itself; the next
-# run resumes the sweep. scancel / scontrol requeue send TERM: the same stop,
-# without the self-requeue.
+# run resumes the sweep. `mixsweep cancel` sends USR2 to this shell: the same
+# orderly stop, then the job cancels itself. scancel / scontrol requeue send
+# TERM to every process at once: the driver still stops and resumes later.
 
 log() { printf '[mixsweep %s] %s\n' "$(date '+%F %T')" "$*"; }
 
@@ -77,20 +78,29 @@ stop_ray() {
   WORKERS_PID='' HEAD_PID=''
 }
 
-REQUEUE=0 STOP=0 DRIVER_PID='' HEAD_PID='' WORKERS_PID=''
+REQUEUE=0 CANCEL=0 STOP=0 DRIVER_PID='' HEAD_PID='' WORKERS_PID=''
 stop_driver() { if [ -n "$DRIVER_PID" ]; then kill -TERM "$DRIVER_PID" 2>/dev/null || true; fi; }
 on_usr1() {
   log "USR1: time limit or preemption in <= $GRACE_SECONDS s: stopping the sweep, then requeueing"
   REQUEUE=1 STOP=1
   stop_driver
 }
-on_term() {
-  log "TERM: cancelled or requeued by SLURM: stopping the sweep"
-  STOP=1
+on_usr2() { # `mixsweep cancel`: stop in order (driver, then Ray), then cancel the job
+  log "USR2 (mixsweep cancel): stopping the sweep, then cancelling the job"
+  CANCEL=1 STOP=1
   stop_driver
 }
+on_term() {
+  # scancel / scontrol requeue / preemption: SLURM sends TERM to every process of
+  # the job, the driver included. A second TERM would make Ray Tune skip its
+  # last checkpoint, so do not forward it; just wait for the driver.
+  log "TERM: cancelled, requeued or preempted by SLURM: the sweep stops"
+  STOP=1
+}
 trap on_usr1 USR1
-trap on_term TERM INT
+trap on_usr2 USR2
+trap on_term TERM
+trap 'STOP=1; stop_driver' INT
 trap stop_ray EXIT
 
 log "==== start: job ${SLURM_JOB_ID:?not inside a SLURM job} restart ${SLURM_RESTART_COUNT:-0}" \
@@ -158,6 +168,11 @@ stop_ray
 if [ "$REQUEUE" = 1 ]; then
   log "==== requeueing job $SLURM_JOB_ID (the next run resumes the sweep)"
   scontrol requeue "$SLURM_JOB_ID"
+  exit 0
+fi
+if [ "$CANCEL" = 1 ]; then
+  log "==== cancelling job $SLURM_JOB_ID (results stay; mixsweep launch resumes the sweep)"
+  scancel "$SLURM_JOB_ID"
   exit 0
 fi
 [ "$rc" != 0 ] || rm -rf "$RAY_TMP" # keep Ray's logs when something failed
