@@ -42,7 +42,7 @@ Log = Callable[[str], None]
 # default sizes (about 5 minutes on 2 busy cores) and --quick sizes (a smoke run)
 SIZES = {
     False: {"images": 10_000, "batch": 512, "train_steps": {"cnn": 6, "resnet18": 2},
-            "train_batch": 128, "probes": 512, "trials": 8},
+            "train_batch": 128, "probes": 512, "trials": 32},
     True: {"images": 1_024, "batch": 128, "train_steps": {"cnn": 2, "resnet18": 1},
            "train_batch": 32, "probes": 32, "trials": 2},
 }
@@ -212,7 +212,9 @@ def scheduler(quick: bool, log: Log) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
+            # reuse_actors as in mixsweep.tune (a fresh process per trial is the costly part)
             tuner = tune.Tuner(trainable, param_space={"i": tune.grid_search(list(range(n)))},
+                               tune_config=tune.TuneConfig(reuse_actors=True),
                                run_config=tune.RunConfig(storage_path=tmp, name="bench", verbose=0))
             with contextlib.redirect_stdout(sys.stderr):  # Tune's tables would break --json
                 results = tuner.fit()

@@ -99,7 +99,7 @@ def trial(
         table.add_row(f"NL {layer}", _fmt(v))
     console.print(table)
     if res["status"] != "completed":
-        err_console.print(f"trial failed: {res['reason']}", markup=False)
+        err_console.print(f"trial failed: {res['reason']}", markup=False, soft_wrap=True)
         raise typer.Exit(1)
 
 

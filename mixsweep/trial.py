@@ -193,7 +193,7 @@ class _Run:
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise TrialFailed(
-                    f"non-finite loss ({float(loss)}) at epoch {epoch} step {i + 1} "
+                    f"non-finite loss ({float(loss.detach())}) at epoch {epoch} step {i + 1} "
                     f"(global step {self.step + 1})"
                 )
             self.opt.zero_grad(set_to_none=True)

@@ -168,6 +168,8 @@ def run_sweep(
             },
             tune_config=tune.TuneConfig(
                 num_samples=1, max_concurrent_trials=max_concurrent or res.max_concurrent,
+                # a new worker process per trial costs ~2.5 s each on 2 cores; reused: ~0.2 s
+                reuse_actors=True,
                 trial_name_creator=_trial_name,
                 trial_dirname_creator=_trial_name,
             ),

@@ -1,10 +1,64 @@
+"""Shared fixtures: offline tracking, no Ray telemetry, few CPU threads, small trial configs."""
+
+from __future__ import annotations
+
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
 
 # test helpers (wandb_reader) import by name
 sys.path.insert(0, str(Path(__file__).parent))
+# set before anything imports wandb or ray; tests must never reach a network
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+torch.set_num_threads(2)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repo() -> Path:
+    """The repository root (sweep files live in ``sweeps/``)."""
+    return REPO
+
+
+@pytest.fixture(autouse=True)
+def _offline_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture
+def trial_cfg() -> Callable[..., Any]:
+    """Build a small digits TrialConfig; keyword args override sections, e.g. ``mixup={...}``."""
+    from mixsweep.spec import TrialConfig
+
+    base: dict[str, dict[str, Any]] = {
+        "data": {"dataset": "digits", "labeled_fraction": 1.0},
+        "model": {"arch": "cnn", "width": 8},
+        "train": {
+            "epochs": 3,
+            "batch_size": 128,
+            "lr": 0.05,
+            "target_accuracy": 0.9,
+            "device": "cpu",
+        },
+        "mixup": {"mode": "erm"},
+        "linearity": {"probes": 64, "every": 1},
+    }
+
+    def make(seed: int = 0, **sections: dict[str, Any]) -> TrialConfig:
+        merged = {
+            name: {**base.get(name, {}), **sections.get(name, {})} for name in base | sections
+        }
+        return TrialConfig(seed=seed, **merged)
+
+    return make

@@ -21,8 +21,12 @@ ENV = {**os.environ, "WANDB_MODE": "offline", "RAY_USAGE_STATS_ENABLED": "0", "C
 
 def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mixsweep.cli", *args], cwd=cwd, env=ENV, capture_output=True,
-        text=True, timeout=timeout,
+        [sys.executable, "-m", "mixsweep.cli", *args],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -56,8 +60,14 @@ def test_dry_run_k_points_lists_hundreds_without_ray(tmp_path):
         "assert 'ray' not in sys.modules, 'dry-run imported ray'"
     )
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "486 trials" in proc.stdout
@@ -72,7 +82,10 @@ def test_dry_run_k_points_lists_hundreds_without_ray(tmp_path):
         ({"mixup__kk": 3}, "mixup: unknown key 'kk' (did you mean 'k'?)"),
         ({"mixup__k": [1, 2]}, "mixup.k[0]: Input should be greater than or equal to 2"),
         ({"mixup__alpha": 0}, "mixup.alpha[0]: Input should be greater than 0"),
-        ({"data__labeled_fraction": 1.5}, "data.labeled_fraction[0]: Input should be less than or equal to 1"),
+        (
+            {"data__labeled_fraction": 1.5},
+            "data.labeled_fraction[0]: Input should be less than or equal to 1",
+        ),
         ({"data__dataset": "imagenet"}, "data.dataset[0]: Input should be 'cifar10'"),
         ({"model__arch": "vit"}, "model.arch[0]: Input should be 'cnn', 'resnet18' or 'wrn28_2'"),
         ({"seeds": []}, "seeds: must not be empty"),
@@ -100,8 +113,13 @@ def test_missing_cifar_fails_before_anything_starts(tmp_path):
 def _trial_state(runs: Path) -> dict[str, dict]:
     out = {}
     for d in (runs / "tiny" / "trials").glob("*"):
-        lines = (d / "metrics.jsonl").read_text().splitlines() if (d / "metrics.jsonl").exists() else []
-        out[d.name] = {"epochs": [json.loads(x)["epoch"] for x in lines], "done": (d / "result.json").exists()}
+        lines = (
+            (d / "metrics.jsonl").read_text().splitlines() if (d / "metrics.jsonl").exists() else []
+        )
+        out[d.name] = {
+            "epochs": [json.loads(x)["epoch"] for x in lines],
+            "done": (d / "result.json").exists(),
+        }
     return out
 
 
@@ -110,9 +128,14 @@ def test_sigterm_mid_sweep_then_relaunch_completes_without_rerun(tmp_path):
     """Kill the driver with SIGTERM mid-sweep; the same command again finishes the sweep:
     finished trials are not re-run, interrupted ones continue from their last epoch."""
     path = write_sweep(tmp_path, train__epochs=12, seeds=[0, 1, 2])  # 6 trials, 2 at a time
-    proc = subprocess.Popen([sys.executable, "-m", "mixsweep.cli", "launch", str(path)],
-                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mixsweep.cli", "launch", str(path)],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     runs = tmp_path / "runs"
     deadline = time.time() + 400
     state = {}

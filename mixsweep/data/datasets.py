@@ -1,4 +1,4 @@
-"""Dataset readers: CIFAR-10/100 and SVHN through torchvision, digits, synthetic.
+"""Dataset readers: CIFAR-10/100 and SVHN (torchvision downloads, files read here), digits, synthetic.
 
 Eval splits: CIFAR and SVHN use their official test sets. ``digits``
 (scikit-learn's 1797 real 8x8 handwritten digits, shipped with the package)
@@ -8,6 +8,7 @@ is split 80/20 stratified with a fixed seed (0): 1437 train, 360 test.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,29 +64,81 @@ def _build(name, train_x, train_y, test_x, test_y, num_classes, pad, flip) -> Ar
     )
 
 
-def _torchvision(name: str, root: Path, download: bool) -> ArrayDataset:
+_CIFAR = {  # name -> (folder, train files, test files, label key, classes)
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "labels",
+        10,
+    ),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100),
+}
+
+
+def _not_found(name: str, folder: Path) -> DataError:
+    return DataError(
+        f"{name} not found in {folder} — set `data.download: true` to fetch it "
+        f"there, or `data.root` to where it is"
+    )
+
+
+def _download(name: str, root: Path) -> None:
+    """torchvision fetches the files and checks their md5; reading them is ours (below)."""
     from torchvision import datasets as tvd
 
-    folder = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "svhn": "."}[name]
-    try:
-        if name == "svhn":
-            tr = tvd.SVHN(str(root), split="train", download=download)
-            te = tvd.SVHN(str(root), split="test", download=download)
-            # SVHN is stored (N, 3, 32, 32) already; labels 0-9 (torchvision maps 10 -> 0)
-            return _build(name, tr.data, tr.labels, te.data, te.labels, 10, pad=4, flip=False)
-        cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-        tr = cls(str(root), train=True, download=download)
-        te = cls(str(root), train=False, download=download)
-    except RuntimeError as err:
-        if "not found" not in str(err).lower() and "corrupt" not in str(err).lower():
-            raise
-        raise DataError(
-            f"{name} not found in {root / folder} — set `data.download: true` to fetch it "
-            f"there, or `data.root` to where it is"
-        ) from None
-    to_nchw = lambda a: np.asarray(a).transpose(0, 3, 1, 2)  # noqa: E731 (HWC -> CHW)
-    classes = 10 if name == "cifar10" else 100
-    return _build(name, to_nchw(tr.data), tr.targets, to_nchw(te.data), te.targets, classes, 4, True)
+    if name == "svhn":
+        for split in ("train", "test"):
+            tvd.SVHN(str(root), split=split, download=True)
+    else:
+        (tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100)(str(root), download=True)
+
+
+def _read_cifar(name: str, root: Path) -> ArrayDataset:
+    """The python-pickle batches in torchvision's layout, read the way torchvision reads them.
+
+    Not through ``torchvision.datasets.CIFAR10``: it md5-checks every batch file on
+    each load, which rejects anything but the official files (tests write tiny ones).
+    """
+    folder_name, train_files, test_files, key, classes = _CIFAR[name]
+    folder = root / folder_name
+
+    def read(files: list[str]) -> tuple[np.ndarray, list[int]]:
+        xs, ys = [], []
+        for f in files:
+            path = folder / f
+            if not path.is_file():
+                raise _not_found(name, folder)
+            try:
+                with path.open("rb") as fh:
+                    entry = pickle.load(fh, encoding="latin1")  # python-2 pickles
+                xs.append(np.asarray(entry["data"], dtype=np.uint8))
+                ys.extend(int(v) for v in entry[key])
+            except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
+                raise DataError(f"{path}: not a {name} batch file ({err!r})") from None
+        return np.vstack(xs).reshape(-1, 3, 32, 32), ys  # rows are CHW already
+
+    (xtr, ytr), (xte, yte) = read(train_files), read(test_files)
+    return _build(name, xtr, ytr, xte, yte, classes, pad=4, flip=True)
+
+
+def _read_svhn(root: Path) -> ArrayDataset:
+    """``{train,test}_32x32.mat`` (X: H, W, C, N; y: N x 1 with 10 meaning digit 0)."""
+    from scipy import io as sio
+
+    parts = []
+    for split in ("train", "test"):
+        path = root / f"{split}_32x32.mat"
+        if not path.is_file():
+            raise _not_found("svhn", root)
+        try:
+            mat = sio.loadmat(path)
+            x = np.transpose(mat["X"], (3, 2, 0, 1)).astype(np.uint8)  # -> N, C, H, W
+            y = mat["y"].astype(np.int64).reshape(-1)
+        except (KeyError, ValueError) as err:
+            raise DataError(f"{path}: not an SVHN .mat file ({err!r})") from None
+        parts += [x, np.where(y == 10, 0, y)]  # as torchvision: labels 0-9
+    return _build("svhn", *parts, 10, pad=4, flip=False)
 
 
 def _digits() -> ArrayDataset:
@@ -117,18 +170,29 @@ def synthetic(
     return _build("synthetic", xtr, ytr, xte, yte, classes, pad=1, flip=True)
 
 
-def load_dataset(name: str, root: str | Path = "~/.cache/mixsweep/data", download: bool = False) -> ArrayDataset:
+def load_dataset(
+    name: str, root: str | Path = "~/.cache/mixsweep/data", download: bool = False
+) -> ArrayDataset:
     """Read a dataset by name into memory (uint8)."""
     if name == "digits":
         return _digits()
     if name == "synthetic":
         return synthetic()
     if name in ("cifar10", "cifar100", "svhn"):
-        return _torchvision(name, Path(root).expanduser(), download)
-    raise DataError(f"unknown dataset {name!r}; allowed: cifar10, cifar100, svhn, digits, synthetic")
+        path = Path(root).expanduser()
+        if download:
+            _download(name, path)
+        return _read_svhn(path) if name == "svhn" else _read_cifar(name, path)
+    raise DataError(
+        f"unknown dataset {name!r}; allowed: cifar10, cifar100, svhn, digits, synthetic"
+    )
 
 
-_FILES = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "svhn": "train_32x32.mat"}
+_FILES = {
+    "cifar10": "cifar-10-batches-py",
+    "cifar100": "cifar-100-python",
+    "svhn": "train_32x32.mat",
+}
 
 
 def require_available(name: str, root: str | Path, download: bool) -> None:
