@@ -10,8 +10,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mixsweep.data import DataError
+from mixsweep.slurm import SlurmError
 from mixsweep.spec import SpecError
 
 app = typer.Typer(
@@ -29,7 +31,7 @@ class UsageError(RuntimeError):
     """Bad input from the command line; reported as one line, exit 2."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (SpecError, DataError, UsageError)
+USER_ERRORS: tuple[type[BaseException], ...] = (SpecError, DataError, UsageError, SlurmError)
 
 
 def user_errors(fn):
@@ -254,15 +256,55 @@ def status(
 
     root = _sweep_dir(name, runs_dir)
     if not watch:
-        console.print(status_table(root)[0])
+        console.print(_with_slurm(root, status_table(root)[0]))
         return
-    with Live(status_table(root)[0], console=console, refresh_per_second=1) as live:
+    with Live(_with_slurm(root, status_table(root)[0]), console=console, refresh_per_second=1) as live:
         try:
             while True:
                 time.sleep(watch)
-                live.update(status_table(root)[0])
+                live.update(_with_slurm(root, status_table(root)[0]))
         except KeyboardInterrupt:
             pass
+
+
+def _with_slurm(root: Path, table: Table):
+    """The status table, under a line with the sweep's SLURM job state (if it has a job)."""
+    from rich.console import Group
+
+    from mixsweep.slurm import job_state
+
+    info = job_state(root)
+    if info is None:
+        return table
+    line = f"SLURM job {info['job_id']}: {info['state']}"
+    if info["reason"] and info["reason"] != "None":
+        line += f" ({info['reason']})"
+    if info["nodes"]:
+        line += f" on {info['nodes']}"
+    if info["restarts"]:
+        line += f", requeued {info['restarts']}x"
+    if info["run_time"]:
+        line += f", run time {info['run_time']}" + (f" of {info['time_limit']}" if info["time_limit"] else "")
+    return Group(Text(line), Text(f"log: {info['log']}"), table)
+
+
+@app.command()
+@user_errors
+def cancel(
+    name: Annotated[str, typer.Argument(help="Sweep name (under --runs-dir) or a sweep folder.")],
+    runs_dir: Annotated[Path, typer.Option(help="Where sweeps are stored.")] = Path("runs"),
+) -> None:
+    """Cancel the sweep's SLURM job (scancel); its results stay readable and it resumes on relaunch.
+
+    Example: mixsweep cancel k_points
+    """
+    from mixsweep.slurm import cancel as scancel
+
+    root = _sweep_dir(name, runs_dir)
+    job_id = scancel(root)
+    console.print(f"cancelled SLURM job {job_id}; results stay in {root} "
+                  f"(mixsweep status {name}); resume with: mixsweep launch {root / 'spec.yaml'}",
+                  markup=False, highlight=False)
 
 
 @app.command()

@@ -1,0 +1,81 @@
+"""Start the single-node SLURM of slurm/local-cluster.sh for tests, or skip with the reason."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "slurm" / "local-cluster.sh"
+
+
+def _can_be_root() -> bool:
+    if os.geteuid() == 0:
+        return True
+    sudo = shutil.which("sudo")
+    return bool(sudo) and subprocess.run([sudo, "-n", "true"], capture_output=True).returncode == 0
+
+
+def start_local_slurm() -> tuple[dict[str, str], bool]:
+    """(the export lines as a dict, whether this call started it). Skips when it cannot run."""
+    if os.environ.get("MIXSWEEP_SKIP_SLURM") == "1":
+        pytest.skip("MIXSWEEP_SKIP_SLURM=1")
+    if not _can_be_root():
+        pytest.skip("SLURM tests start a local SLURM (slurm/local-cluster.sh): needs root or passwordless sudo")
+    if not shutil.which("sbatch") and not shutil.which("apt-get"):
+        pytest.skip("SLURM tests need SLURM installed, or apt-get to install it (Debian/Ubuntu)")
+    proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=900, env={**os.environ, "CI": "true"})
+    if proc.returncode != 0:
+        pytest.fail(f"slurm/local-cluster.sh failed:\n{proc.stderr[-4000:]}")
+    env = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("export ") and "=" in line:
+            key, value = line.removeprefix("export ").split("=", 1)
+            env[key] = value
+    return env, "already up" not in proc.stderr
+
+
+def stop_local_slurm() -> None:
+    subprocess.run(["bash", str(SCRIPT), "down"], capture_output=True, stdin=subprocess.DEVNULL,
+                   timeout=300)
+
+
+def squeue_state(job_id: str) -> str | None:
+    """The job's state from scontrol (None once SLURM forgot it)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
+    for token in out.stdout.split():
+        if token.startswith("JobState="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def wait_for(pred, timeout: float, what: str, every: float = 1.0):
+    """Poll pred() until it returns something truthy; fail with `what` after timeout."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def local_slurm():
+    env, started = start_local_slurm()
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    if started:  # leave a cluster that was already up as it was
+        stop_local_slurm()

@@ -1,0 +1,117 @@
+"""The sbatch script on a real single-node SLURM (slurm/local-cluster.sh), with a stand-in driver.
+
+The real Ray cluster starts and stops inside the job; the driver is tests/fake_driver.py
+(connects to that cluster, runs one task, logs each start). The real sweep driver is
+exercised by test_slurm_e2e.py. Skipped when SLURM cannot be started (not root / no apt).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from slurm_env import local_slurm, squeue_state, wait_for  # noqa: F401
+
+from mixsweep import slurm
+from mixsweep.spec import parse_spec
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+FAKE = Path(__file__).with_name("fake_driver.py")
+
+
+@pytest.fixture
+def sweep(tmp_path, monkeypatch, local_slurm):  # noqa: F811
+    """A sweep with a slurm: section whose job runs the fake driver; cancelled afterwards."""
+    monkeypatch.chdir(tmp_path)
+    cpus = int(local_slurm["SLURM_CI_CPUS"])
+    spec = parse_spec({"name": "fake", "runs_dir": str(tmp_path / "runs"),
+                       "slurm": {"cpus_per_node": cpus, "time": "10", "grace_seconds": 60}}, "fake.yaml")
+    py = tmp_path / "py"
+    py.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE}" "$@"\n')
+    py.chmod(0o755)
+    root = tmp_path / "runs" / "fake"
+    jobs: list[str] = []
+
+    def submit(seconds: float) -> str:
+        monkeypatch.setenv("FAKE_DRIVER_SECONDS", str(seconds))
+        job = slurm.submit(spec, Path("fake.yaml"), python=str(py))
+        jobs.append(job)
+        return job
+
+    yield root, submit
+    for job in jobs:
+        subprocess.run(["scancel", job], capture_output=True)
+
+
+def _driver_log(root: Path) -> list[str]:
+    path = root / "driver.log"
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def _ray_processes(job: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if f"/tmp/ray_{job}" in line]
+
+
+def _finished(job: str) -> str | None:
+    state = squeue_state(job)
+    return state if state in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"} else None
+
+
+def test_job_runs_ray_cluster_and_completes(sweep):
+    root, submit = sweep
+    job = submit(seconds=1)
+    assert (root / "slurm" / "job_id").read_text().strip() == job
+    assert (root / "slurm" / "job.sbatch").is_file() and (root / "spec.yaml").is_file()
+    assert wait_for(lambda: _finished(job), 120, f"job {job} to finish") == "COMPLETED"
+    lines = _driver_log(root)
+    assert lines[0].startswith("start restart=0 nodes=1") and "answer=42" in lines[0]
+    assert lines[-1] == "done restart=0"
+    info = slurm.job_state(root)
+    assert info["state"] == "COMPLETED" and info["job_id"] == job and info["restarts"] == 0
+    log = Path(info["log"]).read_text()
+    assert log.count("==== start: job") == 1 and "==== end: exit code 0" in log
+    assert not _ray_processes(job), "a Ray process outlived the job"
+
+
+def test_usr1_stops_and_requeues(sweep):
+    """The time-limit warning (USR1 to the batch shell) -> driver stops, job requeues, resumes."""
+    root, submit = sweep
+    job = submit(seconds=600)
+    wait_for(lambda: _driver_log(root), 90, "the driver to start")
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
+    wait_for(lambda: any(x.startswith("start restart=1") for x in _driver_log(root)), 120,
+             "the requeued run's driver")
+    lines = _driver_log(root)
+    assert [x.split()[0] for x in lines] == ["start", "stopped", "start"], lines
+    assert slurm.job_state(root)["restarts"] == 1
+    log = (root / "slurm" / f"slurm-{job}.log").read_text()
+    assert "restart 0" in log and "restart 1" in log and "==== requeueing job" in log
+    assert slurm.cancel(root) == job
+    assert wait_for(lambda: _finished(job), 90, "the cancel") == "CANCELLED"
+    assert not _ray_processes(job), "a Ray process outlived the job"
+
+
+def test_scontrol_requeue_resumes(sweep):
+    root, submit = sweep
+    job = submit(seconds=15)
+    wait_for(lambda: _driver_log(root), 90, "the driver to start")
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    assert wait_for(lambda: _finished(job), 150, "the requeued job to complete") == "COMPLETED"
+    lines = _driver_log(root)
+    assert [x.split()[0] for x in lines] == ["start", "stopped", "start", "done"], lines
+    assert lines[2].startswith("start restart=1")
+    assert slurm.job_state(root)["restarts"] == 1
+
+
+def test_cancel_stops_job(sweep):
+    root, submit = sweep
+    job = submit(seconds=600)
+    wait_for(lambda: _driver_log(root), 90, "the driver to start")
+    assert slurm.cancel(root) == job
+    assert wait_for(lambda: _finished(job), 90, "the cancel") == "CANCELLED"
+    assert _driver_log(root)[-1] == "stopped restart=0"  # the driver got TERM and stopped
+    assert (root / "spec.yaml").is_file()
+    assert not _ray_processes(job), "a Ray process outlived the job"
