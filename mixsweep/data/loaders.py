@@ -67,20 +67,19 @@ def crop_flip_params(n: int, pad: int, flip: bool, g: torch.Generator):
 def crop_flip(
     padded: torch.Tensor, dy, dx, fl, size: tuple[int, int], idx: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Batched random crop (from zero-padded images) + horizontal flip, one gather.
+    """Batched random crop (from zero-padded images) + horizontal flip.
 
-    ``idx`` picks the examples of ``padded`` (default: all of it, in order), so
-    selection, crop and flip are a single indexing op. The result is (B, C, H, W)
-    with channels-last strides (what the GPU convolutions prefer).
+    ``idx`` picks the examples of ``padded`` (default: all of it, in order).
+    ``unfold`` views every crop window without copying; indexing it by
+    (example, dy, dx) then copies whole rows, 2x faster on CPU than indexing
+    every pixel (mixsweep bench). The flip is a ``where`` (no host sync on GPU).
     """
     h, w = size
     dev = padded.device
     b = torch.arange(padded.shape[0], device=dev) if idx is None else idx.to(dev)
-    rows = dy.to(dev)[:, None] + torch.arange(h, device=dev)
-    cols = dx.to(dev)[:, None] + torch.arange(w, device=dev)
-    cols = torch.where(fl.to(dev)[:, None], cols.flip(1), cols)
-    out = padded[b[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-    return out.permute(0, 3, 1, 2)
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (N, C, 2p+1, 2p+1, H, W), a view
+    out = windows[b, :, dy.to(dev), dx.to(dev)]  # (B, C, H, W)
+    return torch.where(fl.to(dev).view(-1, 1, 1, 1), out.flip(3), out)
 
 
 class Normalize:
