@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from mixsweep.data.datasets import ArrayDataset, DataError
 from mixsweep.data.loaders import (
     Batch,
+    LoaderBase,
     Normalize,
     crop_flip,
     crop_flip_params,
@@ -122,7 +123,7 @@ class _EpochOrder:
         return self.streams(epoch)
 
 
-class FfcvLoader:
+class FfcvLoader(LoaderBase):
     """FFCV decodes + batches; crop/flip and normalisation happen on the device."""
 
     def __init__(
@@ -146,9 +147,9 @@ class FfcvLoader:
 
         from mixsweep.data.torch_loader import default_workers
 
-        self.data, self.split, self.batch_size = data, split, batch_size
-        self.device, self.augment, self.unlabeled, self.seed = device, augment, unlabeled, seed
-        self.steps_per_epoch = -(-len(data.train_y) // batch_size)
+        super().__init__(
+            data, split, batch_size, device, augment=augment, unlabeled=unlabeled, seed=seed
+        )
         self.norm = Normalize(data, device)
         self.pad = data.pad if augment else 0
         path = Path(ffcv_dir).expanduser() / "train.beton"

@@ -92,8 +92,11 @@ class Normalize:
         return (x_uint8.float() - self.mean) / self.std
 
 
-class MemoryLoader:
-    """The whole dataset on the device; augmentation batched there."""
+class LoaderBase:
+    """What every loader kind shares: the data, the split and an epoch's step count.
+
+    Subclasses implement ``epoch(e) -> Iterator[Batch]`` over ``epoch_streams``.
+    """
 
     def __init__(
         self,
@@ -109,6 +112,25 @@ class MemoryLoader:
         self.data, self.split, self.batch_size = data, split, batch_size
         self.device, self.augment, self.unlabeled, self.seed = device, augment, unlabeled, seed
         self.steps_per_epoch = math.ceil(len(data.train_y) / batch_size)
+
+
+class MemoryLoader(LoaderBase):
+    """The whole dataset on the device; augmentation batched there."""
+
+    def __init__(
+        self,
+        data: ArrayDataset,
+        split: Split,
+        batch_size: int,
+        device: torch.device,
+        *,
+        augment: bool = True,
+        unlabeled: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__(
+            data, split, batch_size, device, augment=augment, unlabeled=unlabeled, seed=seed
+        )
         p = data.pad if augment else 0
         self.pad = p
         x = data.train_x.to(device)

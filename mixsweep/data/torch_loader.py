@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from mixsweep.data.datasets import ArrayDataset
-from mixsweep.data.loaders import Batch, Normalize, epoch_generator, epoch_streams
+from mixsweep.data.loaders import Batch, LoaderBase, Normalize, epoch_generator, epoch_streams
 from mixsweep.data.split import Split
 
 _SEED_STREAM = 3  # epoch_generator stream of the per-example augmentation seeds
@@ -90,7 +90,7 @@ class _StepSampler:
         return self.steps
 
 
-class TorchLoader:
+class TorchLoader(LoaderBase):
     """torchvision transforms in DataLoader workers; uint8 batches normalised on the device."""
 
     def __init__(
@@ -105,9 +105,9 @@ class TorchLoader:
         seed: int = 0,
         num_workers: int | None = None,
     ):
-        self.data, self.split, self.batch_size = data, split, batch_size
-        self.device, self.augment, self.unlabeled, self.seed = device, augment, unlabeled, seed
-        self.steps_per_epoch = -(-len(data.train_y) // batch_size)
+        super().__init__(
+            data, split, batch_size, device, augment=augment, unlabeled=unlabeled, seed=seed
+        )
         self.norm = Normalize(data, device)
         workers = default_workers() if num_workers is None else num_workers
         ds = _Examples(data.train_x, data.train_y, build_transform(data, augment))
