@@ -14,7 +14,7 @@ from rich.text import Text
 
 from mixsweep.data import DataError
 from mixsweep.slurm import SlurmError
-from mixsweep.spec import SpecError
+from mixsweep.spec import SpecError, keys_help
 
 app = typer.Typer(
     help="Run mixup sweeps on Ray Tune (+ SLURM) and measure per-layer linearity.\n\n"
@@ -139,7 +139,8 @@ def _live_progress():
     return bar, update
 
 
-@app.command()
+@app.command(epilog="Sweep-file keys (section: key=default; a list under a per-trial key is an axis):\n\n"
+             + keys_help())
 @user_errors
 def launch(
     file: Annotated[Path, typer.Argument(help="Sweep file (YAML).")],

@@ -456,3 +456,17 @@ def plan(spec: SweepSpec, trials: list[TrialConfig]) -> dict[str, Any]:
         "gpu_hours_estimate": gpu_hours,
         "target": "slurm" if spec.slurm else "local",
     }
+
+
+def keys_help() -> str:
+    """Every sweep-file key with its default, generated from the models (for --help)."""
+    lines = []
+    sections = {**{name: trial for name, (_, trial) in _SECTIONS.items()},
+                "resources": ResourcesConfig, "tracking.wandb": WandbConfig, "slurm": SlurmConfig}
+    for name, model in sections.items():
+        keys = ", ".join(f"{k}={f.default!r}" for k, f in model.model_fields.items())
+        lines.append(f"{name}: {keys}")
+    lines.append("seeds: [0]  (name: the file's stem; runs_dir: 'runs')")
+    lines.append("train.target_accuracy: a number or a per-dataset map; None uses "
+                 + ", ".join(f"{k} {v}" for k, v in DEFAULT_TARGETS.items()))
+    return "\n\n".join(lines)
