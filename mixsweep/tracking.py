@@ -40,6 +40,9 @@ class TrialRun:
             return
         import wandb
 
+        # the sweep's resolved mode (--wandb, else the sweep file) is authoritative in the
+        # trial's process; a stray WANDB_MODE from the shell (even an empty one) must not win
+        os.environ["WANDB_MODE"] = mode
         root.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
             id=trial_id, name=trial_id, group=sweep, job_type=config.get("mixup.mode"),

@@ -203,8 +203,14 @@ def _record_errors(paths: SweepPaths, grid: Any) -> None:
         if result.error is None:
             continue
         trial_id = _trial_name(result)
-        first = str(result.error).strip().splitlines()
-        atomic_write_json(
-            paths.trial(trial_id).error,
-            {"trial_id": trial_id, "error": first[-1] if first else type(result.error).__name__},
-        )
+        atomic_write_json(paths.trial(trial_id).error,
+                          {"trial_id": trial_id, "error": error_summary(result.error)})
+
+
+def error_summary(err: BaseException, limit: int = 400) -> str:
+    """One line naming the trial's own exception (not Ray's wrapper or its traceback)."""
+    cause = getattr(err, "cause", None) or err
+    lines = [ln.strip() for ln in str(cause).splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("For further information")]
+    text = f"{type(cause).__name__}: " + " | ".join(lines[-4:]) if lines else type(cause).__name__
+    return text[:limit]

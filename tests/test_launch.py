@@ -19,11 +19,11 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "WANDB_MODE": "offline", "RAY_USAGE_STATS_ENABLED": "0", "COLUMNS": "200"}
 
 
-def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def cli(*args: str, cwd: Path, timeout: float = 600, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "mixsweep.cli", *args],
         cwd=cwd,
-        env=ENV,
+        env=env or ENV,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -186,7 +186,8 @@ def test_sigterm_mid_sweep_then_relaunch_completes_without_rerun(tmp_path):
 @pytest.mark.slow
 def test_quickstart_sized_launch_and_status(tmp_path):
     path = write_sweep(tmp_path)
-    proc = cli("launch", str(path), cwd=tmp_path)
+    # the sweep file's W&B mode (offline) wins over a stray, even invalid, WANDB_MODE
+    proc = cli("launch", str(path), cwd=tmp_path, env={**ENV, "WANDB_MODE": ""})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = pd.read_csv(tmp_path / "runs/tiny/results.csv")
     assert sorted(table["mixup.mode"]) == ["erm", "erm", "sup", "sup"]
@@ -197,3 +198,20 @@ def test_quickstart_sized_launch_and_status(tmp_path):
     # a relaunch of a finished sweep runs nothing and keeps the table
     again = cli("launch", str(path), cwd=tmp_path)
     assert again.returncode == 0 and "4 already done before this launch" in again.stdout
+
+
+@pytest.mark.slow
+def test_trial_crashing_in_ray_is_recorded_as_error_and_resumable(tmp_path):
+    """A worker-side crash (here: an unreadable CIFAR batch) ends as status 'error' with the
+    trial's own exception as the reason, and the launch exits 3 (resumable), not 0."""
+    root = tmp_path / "data"
+    (root / "cifar-10-batches-py").mkdir(parents=True)  # present, so the pre-flight passes
+    (root / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"not a pickle")
+    path = write_sweep(tmp_path, data={"dataset": "cifar10", "root": str(root)},
+                       mixup={"mode": "erm"}, seeds=[0],
+                       resources={"cpus_per_trial": 1, "max_failures": 0})
+    proc = cli("launch", str(path), cwd=tmp_path)
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "runs/tiny/results.csv")
+    assert list(table["status"]) == ["error"]
+    assert "DataError" in table["reason"][0] and "data_batch_1" in table["reason"][0]
