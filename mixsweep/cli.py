@@ -157,11 +157,10 @@ def launch(
 
     Example: mixsweep launch sweeps/quickstart.yaml
     """
-    import yaml
 
     from mixsweep.data.datasets import require_available
     from mixsweep.spec import expand, load_spec
-    from mixsweep.store import SweepPaths, atomic_write_text
+    from mixsweep.store import SweepPaths
 
     if wandb is not None and wandb not in ("offline", "online", "disabled"):
         raise UsageError(f"--wandb must be offline, online or disabled (got {wandb!r})")
@@ -182,7 +181,7 @@ def launch(
 
         require_ffcv()
     paths = SweepPaths.of(spec.runs_dir, spec.name)
-    atomic_write_text(paths.spec, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    paths.write_spec(spec)
     if to_slurm:
         from mixsweep.slurm import submit
 
@@ -203,22 +202,25 @@ def launch(
 
 
 def _sweep_dir(name_or_dir: str, runs_dir: Path) -> Path:
-    p = Path(name_or_dir)
-    root = p if (p / "spec.yaml").is_file() else runs_dir / name_or_dir
-    if not (root / "spec.yaml").is_file():
-        raise UsageError(f"no sweep {name_or_dir!r}: {root / 'spec.yaml'} not found (launch it first)")
-    return root
+    from mixsweep.store import SweepPaths
+
+    given = SweepPaths(Path(name_or_dir))
+    sweep = given if given.spec.is_file() else SweepPaths.of(runs_dir, name_or_dir)
+    if not sweep.spec.is_file():
+        raise UsageError(f"no sweep {name_or_dir!r}: {sweep.spec} not found (launch it first)")
+    return sweep.root
 
 
-def status_table(root: Path) -> tuple[Table, dict[str, int]]:
+def status_table(root: Path) -> Table:
     """Counts per status and the best cells (mean final accuracy over seeds)."""
     import pandas as pd
 
     from mixsweep.spec import expand, load_spec
     from mixsweep.store import STATUS_ORDER, SweepPaths, collect_rows
 
-    spec = load_spec(root / "spec.yaml")
-    rows = pd.DataFrame(collect_rows(SweepPaths(root), expand(spec)))
+    sweep = SweepPaths(root)
+    spec = load_spec(sweep.spec)
+    rows = pd.DataFrame(collect_rows(sweep, expand(spec)))
     counts = {s: int((rows["status"] == s).sum()) for s in STATUS_ORDER}
     cells = ["data.dataset", "data.labeled_fraction", "model.arch", "mixup.mode", "mixup.k", "mixup.alpha"]
     table = Table(title=f"{spec.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
@@ -237,7 +239,7 @@ def status_table(root: Path) -> tuple[Table, dict[str, int]]:
         for key, r in best.iterrows():
             table.add_row(*(_fmt(v) for v in key), str(int(r["n"])), f"{r['acc']:.4f}",
                           _fmt(r["ett"]), f"{int(r['hit'])}/{int(r['n'])}")
-    return table, counts
+    return table
 
 
 @app.command()
@@ -256,14 +258,18 @@ def status(
     from rich.live import Live
 
     root = _sweep_dir(name, runs_dir)
+
+    def view():
+        return _with_slurm(root, status_table(root))
+
     if not watch:
-        console.print(_with_slurm(root, status_table(root)[0]))
+        console.print(view())
         return
-    with Live(_with_slurm(root, status_table(root)[0]), console=console, refresh_per_second=1) as live:
+    with Live(view(), console=console, refresh_per_second=1) as live:
         try:
             while True:
                 time.sleep(watch)
-                live.update(_with_slurm(root, status_table(root)[0]))
+                live.update(view())
         except KeyboardInterrupt:
             pass
 

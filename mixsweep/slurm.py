@@ -24,8 +24,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mixsweep.spec import SweepSpec
 from mixsweep.store import SweepPaths, atomic_write_text
 
@@ -218,7 +216,7 @@ def submit(spec: SweepSpec, spec_path: Path, dry_run: bool = False,
                 f"mixsweep cancel {spec.name}"
             )
     if not sweep.spec.is_file():
-        atomic_write_text(sweep.spec, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        sweep.write_spec(spec)
     job_file = sweep.slurm / JOB_FILE
     atomic_write_text(job_file, script)
     proc = _run(["sbatch", "--parsable", str(job_file)])

@@ -101,6 +101,11 @@ class TrialPaths:
         """Ray's last error for a trial that crashed past max_failures."""
         return self.root / "error.json"
 
+    def read_result(self, trial_id: str) -> dict[str, Any] | None:
+        """The final record, if this folder holds one for ``trial_id`` (else None)."""
+        result = read_json(self.result)
+        return result if result and result.get("trial_id") == trial_id else None
+
     def write_metrics(self, history: Iterable[dict[str, Any]]) -> None:
         atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in history))
 
@@ -128,6 +133,12 @@ class SweepPaths:
     @property
     def slurm(self) -> Path:
         return self.root / "slurm"
+
+    def write_spec(self, spec: Any) -> None:
+        """spec.yaml: the validated sweep (a SweepSpec), what a requeued job re-reads."""
+        import yaml
+
+        atomic_write_text(self.spec, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
     def trial(self, trial_id: str) -> TrialPaths:
         return TrialPaths(self.trials / trial_id)
@@ -159,9 +170,7 @@ def collect_rows(sweep: SweepPaths, trials: Iterable[Any]) -> list[dict[str, Any
     rows = []
     for cfg in trials:
         tp = sweep.trial(cfg.trial_id)
-        result = read_json(tp.result)
-        if result and result.get("trial_id") != cfg.trial_id:
-            result = None
+        result = tp.read_result(cfg.trial_id)
         history = read_jsonl(tp.metrics)
         epochs = history[-1]["epoch"] if history else 0
         error = read_json(tp.error)

@@ -26,13 +26,14 @@ import torch
 
 from mixsweep import __version__
 from mixsweep.data import load_dataset, make_loader
+from mixsweep.data.ffcv_loader import resolve_ffcv_dir
 from mixsweep.data.loaders import Normalize, epoch_generator, eval_batches
 from mixsweep.data.split import labeled_split
 from mixsweep.linearity import layer_stats, probe_set
 from mixsweep.mixup import ema_decay, ema_update, mixup_losses, rampup
 from mixsweep.models import build_model
 from mixsweep.spec import CONSISTENCY_MODES, TrialConfig
-from mixsweep.store import TrialPaths, atomic_torch_save, atomic_write_json, read_json
+from mixsweep.store import TrialPaths, atomic_torch_save, atomic_write_json
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -127,7 +128,7 @@ class _Run:
         self.loader = make_loader(
             cfg.data.loader, self.data, split, cfg.train.batch_size, device,
             augment=cfg.data.augment, unlabeled=self.teacher is not None, seed=cfg.seed,
-            ffcv_dir=cfg.data.ffcv_dir.format(root=cfg.data.root, dataset=cfg.data.dataset),
+            ffcv_dir=resolve_ffcv_dir(cfg.data.ffcv_dir, cfg.data.root, cfg.data.dataset),
         )
         self.steps_per_epoch = self.loader.steps_per_epoch
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
@@ -220,10 +221,17 @@ class _Run:
         return evaluate(self.model, batches)
 
 
+def first_at_target(history: list[dict[str, Any]], target: float | None) -> dict[str, Any] | None:
+    """The record of the first epoch (>= 1) whose accuracy reached ``target``; None: censored."""
+    if target is None:
+        return None
+    return next((r for r in history if r["epoch"] >= 1 and r["test_acc"] >= target), None)
+
+
 def _summary(cfg: TrialConfig, run: _Run, status: str, reason: str | None, wall: float) -> dict[str, Any]:
     hist = run.history
     target = cfg.train.target_accuracy
-    hit = next((r for r in hist if r["epoch"] >= 1 and target is not None and r["test_acc"] >= target), None)
+    hit = first_at_target(hist, target)
     with_nl = [r for r in hist if "nl" in r]
     last = hist[-1] if hist else {}
     return {
@@ -274,8 +282,8 @@ def run_trial(
     wall0 = time.perf_counter()
     paths = TrialPaths(Path(out_dir)) if out_dir is not None else None
     if paths is not None:
-        done = read_json(paths.result)
-        if done and done.get("trial_id") == cfg.trial_id and done.get("status") == "completed":
+        done = paths.read_result(cfg.trial_id)
+        if done and done.get("status") == "completed":
             return done
         atomic_write_json(paths.config, {"trial_id": cfg.trial_id, **cfg.model_dump(mode="json")})
     dev = torch.device(device) if device is not None else resolve_device(cfg.train.device)
@@ -299,7 +307,7 @@ def run_trial(
         stats = run.measure()
         record({"epoch": 0, "step": 0, "test_acc": run.evaluate(), "train_seconds": 0.0,
                 "nl": stats["nl"], "cos": stats["cos"]})
-    reached = any(r["epoch"] >= 1 and target is not None and r["test_acc"] >= target for r in run.history)
+    reached = first_at_target(run.history, target) is not None
     for epoch in range(len(run.history), cfg.train.epochs + 1):
         try:
             losses = run.train_epoch(epoch)

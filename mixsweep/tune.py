@@ -27,7 +27,7 @@ import ray
 from ray import tune
 
 from mixsweep.spec import SweepSpec, TrialConfig
-from mixsweep.store import SweepPaths, atomic_write_json, collect_rows, read_json, write_results
+from mixsweep.store import SweepPaths, atomic_write_json, collect_rows, write_results
 from mixsweep.tracking import TrialRun
 from mixsweep.trial import run_trial
 
@@ -49,8 +49,7 @@ class SweepOutcome:
 
 
 def is_finished(paths: SweepPaths, cfg: TrialConfig) -> bool:
-    res = read_json(paths.trial(cfg.trial_id).result)
-    return bool(res) and res.get("trial_id") == cfg.trial_id
+    return paths.trial(cfg.trial_id).read_result(cfg.trial_id) is not None
 
 
 def _trainable(config: dict[str, Any]) -> None:

@@ -112,33 +112,26 @@ class LoaderBase:
         self.data, self.split, self.batch_size = data, split, batch_size
         self.device, self.augment, self.unlabeled, self.seed = device, augment, unlabeled, seed
         self.steps_per_epoch = math.ceil(len(data.train_y) / batch_size)
+        self._setup()
+
+    def _setup(self) -> None:
+        """Kind-specific preparation, after the shared fields are set."""
 
 
 class MemoryLoader(LoaderBase):
     """The whole dataset on the device; augmentation batched there."""
 
-    def __init__(
-        self,
-        data: ArrayDataset,
-        split: Split,
-        batch_size: int,
-        device: torch.device,
-        *,
-        augment: bool = True,
-        unlabeled: bool = False,
-        seed: int = 0,
-    ):
-        super().__init__(
-            data, split, batch_size, device, augment=augment, unlabeled=unlabeled, seed=seed
-        )
-        p = data.pad if augment else 0
+    def _setup(self) -> None:
+        p = self.data.pad if self.augment else 0
         self.pad = p
-        x = data.train_x.to(device)
+        x = self.data.train_x.to(self.device)
         # Padded in pixel space (zeros, like torchvision's fill=0), then normalised once:
         # float32 costs 4x the memory of uint8 but measured faster per batch (mixsweep bench).
-        self.train = Normalize(data, device)(torch.nn.functional.pad(x, (p, p, p, p)) if p else x)
-        self.labels = data.train_y.to(device)
-        self.size = data.shape[1:]
+        self.train = Normalize(self.data, self.device)(
+            torch.nn.functional.pad(x, (p, p, p, p)) if p else x
+        )
+        self.labels = self.data.train_y.to(self.device)
+        self.size = self.data.shape[1:]
 
     def _images(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if not self.augment:
