@@ -12,8 +12,10 @@
 # stdout is only export lines: SLURM_CONF, SLURM_CI_STATE_DIR, SLURM_CI_NODE,
 # SLURM_CI_PARTITION (debug, the default partition), SLURM_CI_CPUS, SLURM_CI_MEM_MB.
 # "down" stops the daemons by the pids in their pid files, never by name; munged
-# only if "up" started it. SLURM_CI_KEEP_JOBS=1 keeps jobs (recovered at the next
-# start); --purge also deletes the state dir (job ids restart at 1).
+# only if "up" started it. Starting slurmctld afresh clears jobs saved by an earlier
+# run (daemons killed without "down" would leave them RUNNING, holding the node until
+# their time limit). SLURM_CI_KEEP_JOBS=1 keeps jobs: "down" leaves them queued and
+# "up" recovers them. --purge also deletes the state dir (job ids restart at 1).
 #
 # Knobs: SLURM_CI_STATE_DIR (alias SLURM_CI_STATE; default /var/tmp/slurm-ci),
 # SLURM_CI_TIMEOUT (s per wait, 30), SLURM_CI_CPUS, SLURM_CI_MEM_MB,
@@ -176,7 +178,7 @@ cmd_up() {
   # ------------------------------------------------------------------ root
   if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-      exec sudo -n --preserve-env=SLURM_CI_STATE_DIR,SLURM_CI_STATE,SLURM_CI_TIMEOUT,SLURM_CI_CPUS,SLURM_CI_MEM_MB,SLURM_CI_CTLD_PORT,SLURM_CI_SLURMD_PORT,CI \
+      exec sudo -n --preserve-env=SLURM_CI_STATE_DIR,SLURM_CI_STATE,SLURM_CI_TIMEOUT,SLURM_CI_CPUS,SLURM_CI_MEM_MB,SLURM_CI_CTLD_PORT,SLURM_CI_SLURMD_PORT,SLURM_CI_KEEP_JOBS,CI \
         bash "$0" up
     fi
     log "ERROR: not up (or up with another config); starting it needs root or passwordless sudo"
@@ -265,9 +267,17 @@ cmd_up() {
 
   # ------------------------------------------------------------------ slurmctld
   if ! pid_alive "$RUN/slurmctld.pid" slurmctld; then
+    # Daemons that did not stop through "down" (killed, machine reset) leave their jobs in
+    # the saved state as RUNNING; slurmctld would hold the node for them until their time
+    # limit. A fresh start therefore clears saved jobs (-c), unless SLURM_CI_KEEP_JOBS=1.
+    ctld_opts=(-i)
+    if [ "${SLURM_CI_KEEP_JOBS:-0}" != 1 ] && [ -s "$STATE_DIR/ctld/job_state" ]; then
+      log "clearing jobs saved by an earlier run (keep them: SLURM_CI_KEEP_JOBS=1)"
+      ctld_opts+=(-c)
+    fi
     log "starting slurmctld"
     started=1
-    /usr/sbin/slurmctld -i </dev/null >>"$LOGS/slurmctld.out" 2>&1 9>&- || die "slurmctld failed to start"
+    /usr/sbin/slurmctld "${ctld_opts[@]}" </dev/null >>"$LOGS/slurmctld.out" 2>&1 9>&- || die "slurmctld failed to start"
   fi
   end=$((SECONDS + TIMEOUT))
   until ctld_up; do

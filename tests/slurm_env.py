@@ -38,7 +38,23 @@ def start_local_slurm() -> tuple[dict[str, str], bool]:
         if line.startswith("export ") and "=" in line:
             key, value = line.removeprefix("export ").split("=", 1)
             env[key] = value
+    _require_empty_queue()
     return env, "already up" not in proc.stderr
+
+
+def queued_jobs() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%A %T"], capture_output=True, text=True)
+    return out.stdout.split("\n")[:-1] if out.returncode == 0 else ["(squeue failed)"]
+
+
+def _require_empty_queue(timeout: float = 60) -> None:
+    """The tests need the node to themselves: wait for jobs already queued, else fail naming them."""
+    end = time.monotonic() + timeout
+    while (jobs := queued_jobs()) and time.monotonic() < end:
+        time.sleep(1)
+    if jobs:
+        pytest.fail(f"the local SLURM still has jobs after {timeout:.0f} s ({'; '.join(jobs)}); "
+                    "the SLURM tests need an idle node")
 
 
 def stop_local_slurm() -> None:

@@ -7,12 +7,15 @@ exercised by test_slurm_e2e.py. Skipped when SLURM cannot be started (not root /
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from slurm_env import local_slurm, squeue_state, wait_for  # noqa: F401
+from slurm_env import SCRIPT, local_slurm, queued_jobs, squeue_state, wait_for  # noqa: F401
 
 from mixsweep import slurm
 from mixsweep.spec import parse_spec
@@ -115,3 +118,31 @@ def test_cancel_stops_job(sweep):
     assert _driver_log(root)[-1] == "stopped restart=0"  # the driver got TERM and stopped
     assert (root / "spec.yaml").is_file()
     assert not _ray_processes(job), "a Ray process outlived the job"
+
+
+def _kill9(pidfile: Path) -> None:
+    os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+
+
+def test_restart_after_killed_daemons_clears_stale_jobs(local_slurm):  # noqa: F811
+    """Daemons killed without `down` (machine reset) leave a RUNNING job in the saved state;
+    the next `up` must not let it hold the node until its time limit."""
+    out = subprocess.run(["sbatch", "--parsable", "-t", "30", "--wrap", "exec sleep 3001"],
+                         capture_output=True, text=True, check=True)
+    job = out.stdout.strip().split(";")[0]
+    assert wait_for(lambda: squeue_state(job) == "RUNNING", 60, f"job {job} to run")
+    run = Path(local_slurm["SLURM_CI_STATE_DIR"]) / "run"
+    _kill9(run / "slurmctld.pid")
+    _kill9(run / "slurmd.pid")
+    subprocess.run(["pkill", "-9", "-f", f"slurmstepd: \\[{job}\\."], capture_output=True)
+    subprocess.run(["pkill", "-9", "-f", "sleep 3001"], capture_output=True)
+    time.sleep(1)
+    up = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=300,
+                        stdin=subprocess.DEVNULL)
+    assert up.returncode == 0, up.stderr
+    assert "clearing jobs saved by an earlier run" in up.stderr
+    assert squeue_state(job) is None and queued_jobs() == []
+    out = subprocess.run(["sbatch", "--parsable", "-t", "1", "--wrap", "true"],
+                         capture_output=True, text=True, check=True)
+    fresh = out.stdout.strip().split(";")[0]
+    assert wait_for(lambda: _finished(fresh), 30, f"job {fresh} to run on the freed node") == "COMPLETED"
