@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 
 from mixsweep.spec import MODES
-from mixsweep.store import SweepPaths, atomic_write_text, read_jsonl, read_results
+from mixsweep.store import SweepPaths, atomic_write_text, current_results, read_jsonl
 
 # Short names accepted by ``--by`` (any results.csv config column works too).
 AXIS_ALIASES = {
@@ -88,7 +88,7 @@ def _load_one(run_dir: Path) -> tuple[str, dict[str, Any], pd.DataFrame, list[di
         raise ReportError(f"{run_dir}: no results.csv (not a sweep folder, or not launched yet)")
     try:
         spec = yaml.safe_load(sp.spec.read_text()) if sp.spec.is_file() else {}
-        results = read_results(sp)
+        results = current_results(sp)
     except (yaml.YAMLError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise ReportError(f"{run_dir}: unreadable store ({type(err).__name__})") from None
     missing = {"trial_id", "status", "mixup.mode", "data.dataset"} - set(results.columns)

@@ -197,3 +197,24 @@ def read_results(sweep: SweepPaths):
     import pandas as pd
 
     return pd.read_csv(sweep.results)
+
+
+def current_results(sweep: SweepPaths):
+    """The results table as it stands now, rebuilt from the trial folders (the source of truth).
+
+    results.csv is rewritten by each launch; a job killed outright (scancel, a node failure)
+    can leave it behind its trials. When spec.yaml cannot be read as a sweep (another
+    version's store), results.csv is read as is. Same dtypes as read_results (CSV round trip).
+    """
+    import io
+
+    import pandas as pd
+
+    from mixsweep.spec import SpecError, expand, load_spec
+
+    try:
+        trials = expand(load_spec(sweep.spec))
+    except SpecError:
+        return read_results(sweep)
+    frame = pd.DataFrame(collect_rows(sweep, trials))
+    return pd.read_csv(io.StringIO(frame.to_csv(index=False)))

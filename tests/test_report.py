@@ -130,6 +130,25 @@ def test_censored_trials_are_shown_as_censored(sweeps):
     assert any("not reached" in txt for t in medians for txt in t.text)
 
 
+def test_report_reads_the_trial_folders_not_a_stale_table(sweeps, tmp_path):
+    """A job killed before it rewrote results.csv (scancel) leaves the table behind its trials."""
+    stale = tmp_path / sweeps[0].name
+    shutil.copytree(sweeps[0], stale)
+    sp = SweepPaths(stale)
+    rows = collect_rows(sp, expand(parse_spec(yaml.safe_load(sp.spec.read_text()))))
+    fresh = {r["trial_id"]: r["final_acc"] for r in rows}
+    assert {r["status"] for r in rows} == {"completed"}
+    for r in rows:  # the table as launch wrote it before any trial finished
+        r.update(status="pending", final_acc=None, epochs_to_target=None)
+    write_results(sp, rows)
+    data = load([stale])
+    assert len(data.done) == len(fresh) and set(data.done["status"]) == {"completed"}
+    got = dict(zip(data.done["trial_id"], data.done["final_acc"], strict=True))
+    assert got == pytest.approx(fresh) and all(v > 0.1 for v in got.values())
+    (stale / "spec.yaml").write_text("name: later\nfuture_section: 1\n")  # another version: table as written
+    assert set(load([stale]).results["status"]) == {"pending"}
+
+
 def test_censored_median():
     assert censored_median([3, 5, None], [True, True, False]) == (5.0, "5 (1 cens.)")
     assert censored_median([3, None, None], [True, False, False])[0] is None
