@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -63,6 +64,20 @@ class _Frozen(BaseModel):
 # --------------------------------------------------------------------------- per-trial sections
 
 
+def _ffcv_template(v: str) -> str:
+    """data.ffcv_dir may use only {root} and {dataset}: a typo fails here, not inside a trial."""
+    import string
+
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+    except ValueError as err:  # an unmatched brace
+        raise ValueError(f"not a valid template ({err}); use {{root}} and {{dataset}}") from None
+    unknown = sorted(names - {"root", "dataset"})
+    if unknown:
+        raise ValueError(f"unknown placeholder {{{unknown[0]}}}; use {{root}} and {{dataset}}")
+    return v
+
+
 class DataConfig(_Frozen):
     dataset: Literal["cifar10", "cifar100", "svhn", "digits", "synthetic"] = "digits"
     labeled_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
@@ -72,7 +87,7 @@ class DataConfig(_Frozen):
     root: str = "~/.cache/mixsweep/data"  # environment, not identity
     download: bool = False  # environment, not identity
     # .beton folder of `loader: ffcv` (`mixsweep data prepare`); environment, not identity
-    ffcv_dir: str = "{root}/ffcv/{dataset}"
+    ffcv_dir: Annotated[str, AfterValidator(_ffcv_template)] = "{root}/ffcv/{dataset}"
 
 
 class ModelConfig(_Frozen):

@@ -156,12 +156,20 @@ def test_unknown_key_suggests_the_right_one() -> None:
         ({"slurm": {"time": "1h"}}, "slurm.time"),
         ({"slurm": {"time": "24:0"}}, "slurm.time"),
         ({"train": {"target_accuracy": {"cifar10": 1.5}}}, "train.target_accuracy"),
+        ({"data": {"ffcv_dir": "{root}/ffcv/{datset}"}}, "data.ffcv_dir"),
+        ({"data": {"ffcv_dir": "{root/ffcv"}}, "data.ffcv_dir"),
     ],
 )
 def test_bad_values_name_the_key(raw: dict[str, Any], key: str) -> None:
     lines = problems(raw)
     assert len(lines) == 1, lines
     assert lines[0].startswith(key), lines
+
+
+def test_ffcv_dir_template() -> None:
+    (line,) = problems({"data": {"ffcv_dir": "/scratch/{user}/{dataset}"}})
+    assert "{user}" in line and "{root}" in line
+    parse_spec({"name": "t", "data": {"ffcv_dir": "/scratch/beton/{dataset}"}})  # no placeholder for root: fine
 
 
 def test_allowed_values_are_listed() -> None:
