@@ -158,7 +158,7 @@ def launch(
     Example: mixsweep launch sweeps/quickstart.yaml
     """
 
-    from mixsweep.data.datasets import require_available
+    from mixsweep.data.datasets import ensure_available
     from mixsweep.spec import expand, load_spec
     from mixsweep.store import SweepPaths
 
@@ -175,7 +175,7 @@ def launch(
             submit(spec, file, dry_run=True, console=console)
         return
     for name, root, download in {(t.data.dataset, t.data.root, t.data.download) for t in trials}:
-        require_available(name, root, download)
+        ensure_available(name, root, download, say=lambda msg: console.print(msg, markup=False))
     if any(t.data.loader == "ffcv" for t in trials):  # fail before a GPU-hour is spent
         from mixsweep.data.ffcv_loader import require_ffcv
 

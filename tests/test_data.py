@@ -48,11 +48,10 @@ def rows(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
 
 
-@pytest.fixture
-def cifar10_root(tmp_path: Path) -> tuple[Path, np.ndarray, list[int], np.ndarray, list[int]]:
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
+def write_cifar10(root: Path, rng: np.random.Generator):
+    """A tiny CIFAR-10 in the real layout under root/cifar-10-batches-py: (train_x, train_y, test_x, test_y)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
     train_x, train_y = [], []
     for i in range(1, 6):
         x, y = rows(rng, 3), [int(v) for v in rng.integers(0, 10, 3)]
@@ -70,7 +69,12 @@ def cifar10_root(tmp_path: Path) -> tuple[Path, np.ndarray, list[int], np.ndarra
     write_py2_pickle(
         folder / "batches.meta", {b"label_names": [b"airplane"] * 10, b"num_vis": 3072}
     )
-    return tmp_path, np.vstack(train_x), train_y, test_x, test_y
+    return np.vstack(train_x), train_y, test_x, test_y
+
+
+@pytest.fixture
+def cifar10_root(tmp_path: Path) -> tuple[Path, np.ndarray, list[int], np.ndarray, list[int]]:
+    return (tmp_path, *write_cifar10(tmp_path, np.random.default_rng(0)))
 
 
 def to_chw(r: np.ndarray) -> torch.Tensor:
@@ -171,6 +175,20 @@ def test_missing_files_name_the_folder_and_download(tmp_path: Path, name: str, f
     msg = str(info.value)
     assert str(tmp_path / folder) in msg and "data.download" in msg
     assert "\n" not in msg
+
+
+def test_download_only_when_missing(cifar10_root, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mixsweep.data import datasets
+
+    calls: list[str] = []
+    monkeypatch.setattr(datasets, "_download", lambda name, root: calls.append(name))
+    root = cifar10_root[0]
+    assert len(load_dataset("cifar10", root, download=True).train_y) == 15
+    assert not datasets.ensure_available("cifar10", root, download=True)
+    assert calls == []  # on disk: no network, no re-check of 170 MB per trial
+    with pytest.raises(DataError, match="cifar-100-python"):
+        datasets.ensure_available("cifar100", root, download=False)
+    assert datasets.ensure_available("cifar100", root, download=True) and calls == ["cifar100"]
 
 
 def test_corrupt_file_is_a_data_error(cifar10_root) -> None:

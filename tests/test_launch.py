@@ -110,6 +110,65 @@ def test_missing_cifar_fails_before_anything_starts(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_download_happens_once_in_launch_before_any_trial(tmp_path, monkeypatch):
+    """data.download: the launching process fetches each missing dataset once, up front
+    (trials then only read: no concurrent writes, no internet needed on compute nodes)."""
+    import numpy as np
+    from test_data import write_cifar10
+    from typer.testing import CliRunner
+
+    from mixsweep import tune
+    from mixsweep.cli import app
+    from mixsweep.data import datasets
+
+    root = tmp_path / "data"
+    fetched: list[str] = []
+
+    def fake_download(name, where):
+        fetched.append(name)
+        write_cifar10(Path(where), np.random.default_rng(0))
+
+    seen = {}
+
+    def fake_run_sweep(spec, trials, **kw):
+        seen["trials"] = len(trials)
+        seen["on_disk"] = (root / "cifar-10-batches-py" / "test_batch").is_file()
+        return tune.SweepOutcome(len(trials), len(trials), 0, 0, 0, 0.0)
+
+    monkeypatch.setattr(datasets, "_download", fake_download)
+    monkeypatch.setattr(tune, "run_sweep", fake_run_sweep)
+    monkeypatch.chdir(tmp_path)
+    path = write_sweep(tmp_path, data={"dataset": "cifar10", "root": str(root), "download": True})
+    result = CliRunner().invoke(app, ["launch", str(path)])
+    assert result.exit_code == 0, result.output
+    assert fetched == ["cifar10"] and seen == {"trials": 4, "on_disk": True}
+    assert "downloading cifar10 to" in result.output
+    result = CliRunner().invoke(app, ["launch", str(path)])  # present now: not fetched again
+    assert result.exit_code == 0 and fetched == ["cifar10"]
+
+
+def test_failed_download_is_one_line_and_starts_nothing(tmp_path, monkeypatch):
+    import urllib.error
+
+    from typer.testing import CliRunner
+
+    from mixsweep.cli import app
+    from mixsweep.data import datasets
+
+    def no_network(name, where):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(datasets, "_download", no_network)
+    path = write_sweep(tmp_path, data={"dataset": "cifar10", "root": str(tmp_path / "d"), "download": True},
+                       runs_dir=str(tmp_path / "runs"))
+    result = CliRunner().invoke(app, ["launch", str(path)])
+    assert result.exit_code == 2
+    errors = [x for x in result.output.splitlines() if x.startswith("error: ")]
+    assert len(errors) == 1 and "could not download cifar10 into" in errors[0]
+    assert "Name or service not known" in errors[0] and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
 def _trial_state(runs: Path) -> dict[str, dict]:
     out = {}
     for d in (runs / "tiny" / "trials").glob("*"):

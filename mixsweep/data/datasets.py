@@ -9,6 +9,7 @@ is split 80/20 stratified with a fixed seed (0): 1437 train, 360 test.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,7 +181,7 @@ def load_dataset(
         return synthetic()
     if name in ("cifar10", "cifar100", "svhn"):
         path = Path(root).expanduser()
-        if download:
+        if download and not (path / _FILES[name]).exists():  # `launch` fetched it already
             _download(name, path)
         return _read_svhn(path) if name == "svhn" else _read_cifar(name, path)
     raise DataError(
@@ -195,13 +196,27 @@ _FILES = {
 }
 
 
-def require_available(name: str, root: str | Path, download: bool) -> None:
-    """Fail before a sweep starts when a dataset is neither on disk nor to be downloaded."""
-    if name not in _FILES or download:
-        return
+def ensure_available(name: str, root: str | Path, download: bool,
+                     say: Callable[[str], None] | None = None) -> bool:
+    """Before a sweep starts: the dataset is on disk, or (``data.download: true``) fetched now,
+    once, by the launching process, or a DataError naming the folder. True when it downloaded.
+
+    Fetching here rather than in the trials keeps concurrent trials from writing the same
+    archive at once, and lets SLURM jobs run on compute nodes without internet access
+    (``data.root`` must then be on a filesystem they share with the login node).
+    """
+    if name not in _FILES:
+        return False
     where = Path(root).expanduser()
-    if not (where / _FILES[name]).exists():
-        raise DataError(
-            f"{name} not found in {where / _FILES[name]} — set `data.download: true` to fetch it "
-            f"there, or `data.root` to where it is"
-        )
+    if (where / _FILES[name]).exists():
+        return False
+    if not download:
+        raise _not_found(name, where / _FILES[name])
+    if say:
+        say(f"downloading {name} to {where} (once, before any trial starts)")
+    try:
+        _download(name, where)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError; a bad md5 a RuntimeError
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise DataError(f"could not download {name} into {where}: {reason}") from None
+    return True
