@@ -272,7 +272,7 @@ cmd_up() {
     # limit. A fresh start therefore clears saved jobs (-c), unless SLURM_CI_KEEP_JOBS=1.
     ctld_opts=(-i)
     if [ "${SLURM_CI_KEEP_JOBS:-0}" != 1 ] && [ -s "$STATE_DIR/ctld/job_state" ]; then
-      log "clearing jobs saved by an earlier run (keep them: SLURM_CI_KEEP_JOBS=1)"
+      log "dropping any jobs saved by an earlier run (keep them: SLURM_CI_KEEP_JOBS=1)"
       ctld_opts+=(-c)
     fi
     log "starting slurmctld"

@@ -87,7 +87,7 @@ def local_slurm():
     env, started = start_local_slurm()
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    yield env
+    yield {**env, "started_here": "1" if started else ""}  # a cluster the tests may restart
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
