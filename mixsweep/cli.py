@@ -349,20 +349,29 @@ def report(
     by: Annotated[str, typer.Option(help="Axis of facet rows: fraction, k, alpha, dataset, ... or a results.csv config column; 'none' for no rows.")] = "fraction",
     png: Annotated[Path | None, typer.Option(help="Also write each figure as DIR/<figure>.png (needs Chromium).")] = None,
     wandb: Annotated[bool, typer.Option("--wandb", help="Also build the W&B report: saved when online, else its JSON beside the HTML.")] = False,
+    markdown: Annotated[Path | None, typer.Option(help="Also write the tables of numbers (mean ± sd over seeds per cell; NL at the end, at an early epoch, at matched accuracy) as Markdown.")] = None,
+    early_epoch: Annotated[int | None, typer.Option(min=1, help="The early epoch of the --markdown NL tables (default: linearity.every).")] = None,
+    where: Annotated[list[str] | None, typer.Option(help="Only trials with KEY=VALUE (repeatable; keys as for --by), e.g. --where batchnorm=true --where fraction=1.")] = None,
+    figures: Annotated[str | None, typer.Option(help="Only these figures, comma-separated: profile, profile_target, nl_epochs, acc_epochs, ett_k, ett_alpha, acc_fraction.")] = None,
 ) -> None:
     """Compare sweeps: per-layer nonlinearity, accuracy, epochs to target -> one HTML file.
 
-    Example: mixsweep report runs/quickstart runs/quickstart_a02 --out report.html --png figs
+    Example: mixsweep report runs/quickstart runs/quickstart_a02 --out report.html --png figs --markdown tables.md
     """
     from mixsweep.report import ReportError, write_report
 
     try:
-        built = write_report(run_dirs, out, by=None if by.lower() == "none" else by, png_dir=png, wandb=wandb)
+        only = [f.strip() for f in figures.split(",") if f.strip()] if figures else None
+        built = write_report(run_dirs, out, by=None if by.lower() == "none" else by, png_dir=png,
+                             wandb=wandb, markdown=markdown, early_epoch=early_epoch,
+                             where=where, only=only)
     except ReportError as err:
         raise UsageError(str(err)) from None
     console.print(f"report: {built.html} ({len(built.figures)} figures)", soft_wrap=True)
     for p in built.pngs:
         console.print(f"  png: {p}", soft_wrap=True)
+    if built.markdown:
+        console.print(f"  tables: {built.markdown}", soft_wrap=True)
     if built.wandb:
         console.print(built.wandb, markup=False, highlight=False, soft_wrap=True)
 

@@ -15,46 +15,59 @@ ARCHS = ("cnn", "resnet18", "wrn28_2")
 _HEAD = {"logits": "output", "probs": "softmax"}
 
 
-def _conv_bn_relu(cin: int, cout: int, pool: bool) -> nn.Sequential:
-    layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=False),
-    ]
+def _conv_block(cin: int, cout: int, pool: bool, batchnorm: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=not batchnorm)]
+    if batchnorm:
+        layers.append(nn.BatchNorm2d(cout))
+    layers.append(nn.ReLU(inplace=False))
     if pool:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
 
 
 class CNN(nn.Module):
-    """conv stem + 3 conv blocks (pooling while the map is >= 4 px) + linear head."""
+    """A conv stem + ``depth - 1`` conv blocks + linear head; ``depth`` counts conv layers.
 
-    def __init__(self, in_channels: int, num_classes: int, size: int, width: int = 32):
+    Block i has width ``min(2**i, 4) * width`` and max-pools while its input map is
+    at least 4 px. ``depth=4`` (stem + 3 blocks) is the original network. Without
+    ``batchnorm`` the convolutions get a bias instead.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, size: int, width: int = 32,
+                 depth: int = 4, batchnorm: bool = True):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        if depth < 2:
+            raise ValueError(f"cnn depth must be >= 2 (a stem and one block), got {depth}")
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=not batchnorm)
+        self.bn1 = nn.BatchNorm2d(width) if batchnorm else nn.Identity()
         self.act1 = nn.ReLU()
-        widths, blocks = [width, 2 * width, 4 * width, 4 * width], []
-        for i in range(3):
+        cin, self.blocks = width, []
+        for i in range(1, depth):  # attributes block1, block2, ...: the state-dict keys of depth 4
             pool = size >= 4
             size = size // 2 if pool else size
-            blocks.append(_conv_bn_relu(widths[i], widths[i + 1], pool))
-        self.block1, self.block2, self.block3 = blocks
+            cout = min(2**i, 4) * width
+            setattr(self, f"block{i}", _conv_block(cin, cout, pool, batchnorm))
+            self.blocks.append(f"block{i}")
+            cin = cout
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(widths[-1], num_classes)
+        self.fc = nn.Linear(cin, num_classes)
+        if not batchnorm:  # a plain deep net trains only from a He init (He et al. 1502.01852)
+            for mod in self.modules():
+                if isinstance(mod, nn.Conv2d):
+                    nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+                    nn.init.zeros_(mod.bias)
         self.probe_layers = {
             "stem_pre": "conv1",
             "stem": "act1",
-            "block1": "block1",
-            "block2": "block2",
-            "block3": "block3",
+            **{name: name for name in self.blocks},
             "pool": "pool",
             **_HEAD,
         }
 
     def forward(self, x):
         x = self.act1(self.bn1(self.conv1(x)))
-        x = self.block3(self.block2(self.block1(x)))
+        for name in self.blocks:
+            x = getattr(self, name)(x)
         return self.fc(self.pool(x))
 
 
@@ -159,10 +172,11 @@ class WRN(nn.Module):
         return self.fc(self.pool(self.act(self.bn(x))))
 
 
-def build_model(arch: str, in_channels: int, num_classes: int, size: int, width: int = 32) -> nn.Module:
-    """A fresh model for inputs (in_channels, size, size)."""
+def build_model(arch: str, in_channels: int, num_classes: int, size: int, width: int = 32,
+                depth: int = 4, batchnorm: bool = True) -> nn.Module:
+    """A fresh model for inputs (in_channels, size, size); width/depth/batchnorm: cnn only."""
     if arch == "cnn":
-        return CNN(in_channels, num_classes, size, width)
+        return CNN(in_channels, num_classes, size, width, depth, batchnorm)
     if arch == "resnet18":
         return ResNet18(in_channels, num_classes)
     if arch == "wrn28_2":

@@ -31,12 +31,16 @@ AXIS_ALIASES = {
     "k": "mixup.k", "alpha": "mixup.alpha", "mode": "mixup.mode",
     "fraction": "data.labeled_fraction", "labeled_fraction": "data.labeled_fraction",
     "dataset": "data.dataset", "arch": "model.arch", "epochs": "train.epochs",
+    "depth": "model.depth", "batchnorm": "model.batchnorm", "weight": "mixup.unsup_weight",
+    "labels": "data.num_labels", "num_labels": "data.num_labels",
 }
 DEFAULT_BY = "data.labeled_fraction"
 AXIS_LABELS = {
     "mixup.k": "k (points mixed)", "mixup.alpha": "alpha (Dirichlet)",
     "data.labeled_fraction": "labeled fraction", "data.dataset": "dataset",
-    "mixup.mode": "mode", "model.arch": "architecture",
+    "mixup.mode": "mode", "model.arch": "architecture", "model.depth": "depth (conv layers)",
+    "model.batchnorm": "BatchNorm", "mixup.unsup_weight": "consistency weight",
+    "data.num_labels": "labels",
 }
 
 
@@ -67,14 +71,15 @@ class ReportData:
         return [m for m in MODES if m in seen] + sorted(seen - set(MODES))
 
 
-def layer_order(arch: str | None, seen: list[str]) -> list[str]:
-    """Layers in network order: the model's ``probe_layers`` (stored JSON sorts keys)."""
+def layer_order(arch: str | None, seen: list[str], depth: int = 4) -> list[str]:
+    """Layers in network order: the model's ``probe_layers`` (stored JSON sorts keys);
+    ``depth``: the deepest cnn among the trials (its layers include every shallower one's)."""
     order: list[str] = []
     if arch:
         try:
             from mixsweep.models import build_model
 
-            order = list(build_model(arch, 3, 10, 32, width=4).probe_layers)
+            order = list(build_model(arch, 3, 10, 32, width=4, depth=depth).probe_layers)
         except ValueError:  # an arch this version does not know: keep the order seen
             order = []
     return [x for x in order if x in seen] + [x for x in seen if x not in order]
@@ -104,8 +109,27 @@ def _load_one(run_dir: Path) -> tuple[str, dict[str, Any], pd.DataFrame, list[di
     return name, spec or {}, results, hist, nl
 
 
-def load(run_dirs: list[Path], by: str | None = DEFAULT_BY) -> ReportData:
-    """Read every sweep's store; ``by`` names the axis of facet rows (or None)."""
+def select(results: pd.DataFrame, where: list[str]) -> pd.DataFrame:
+    """Keep the trials whose config matches every ``KEY=VALUE`` (aliases as for --by;
+    values as the tables print them: ``fraction=1``, ``batchnorm=true``, ``k=none``)."""
+    for cond in where:
+        key, sep, value = cond.partition("=")
+        if not sep or not key.strip():
+            raise ReportError(f"--where {cond!r}: write KEY=VALUE, e.g. fraction=0.1")
+        col = resolve_axis(key.strip(), results)
+        want = value.strip().lower()
+        keep = [_fmt_cfg(v).lower() in (want, "—" if want in ("none", "null") else want)
+                for v in results[col]]
+        if not any(keep):
+            seen = ", ".join(sorted({_fmt_cfg(v) for v in results[col]}))
+            raise ReportError(f"--where {cond!r}: no trial has {col} = {value.strip()}; values: {seen}")
+        results = results[keep]
+    return results
+
+
+def load(run_dirs: list[Path], by: str | None = DEFAULT_BY, where: list[str] | None = None) -> ReportData:
+    """Read every sweep's store; ``by`` names the axis of facet rows (or None);
+    ``where`` keeps only the trials matching each ``KEY=VALUE``."""
     if not run_dirs:
         raise ReportError("give at least one run dir (runs/<sweep>)")
     sweeps, specs, res, hist, nls = [], {}, [], [], []
@@ -123,12 +147,19 @@ def load(run_dirs: list[Path], by: str | None = DEFAULT_BY) -> ReportData:
         if n:
             nls.append(pd.DataFrame(n).merge(meta, on="trial_id"))
     results = pd.concat(res, ignore_index=True)
+    if where:
+        results = select(results, where).reset_index(drop=True)
+        kept = set(zip(results["sweep"], results["trial_id"], strict=True))
+        hist = [h[[k in kept for k in zip(h["sweep"], h["trial_id"], strict=True)]] for h in hist]
+        nls = [n[[k in kept for k in zip(n["sweep"], n["trial_id"], strict=True)]] for n in nls]
+        hist, nls = [h for h in hist if len(h)], [n for n in nls if len(n)]
     history = pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(columns=["trial_id", "epoch", "test_acc"])
     nl = pd.concat(nls, ignore_index=True) if nls else pd.DataFrame(columns=["trial_id", "epoch", "layer", "nl"])
     seen = [c[3:] for c in results.columns if c.startswith("nl.")]
     seen += [x for x in dict.fromkeys(nl["layer"]) if x not in seen]
     arch = results["model.arch"].dropna().iloc[0] if "model.arch" in results and results["model.arch"].notna().any() else None
-    data = ReportData(sweeps, specs, results, history, nl, layer_order(arch, seen))
+    depth = int(results["model.depth"].max()) if "model.depth" in results and results["model.depth"].notna().any() else 4
+    data = ReportData(sweeps, specs, results, history, nl, layer_order(arch, seen, depth))
     data.by = resolve_axis(by, results) if by else None
     return data
 
@@ -293,6 +324,7 @@ class Built:
     figures: dict[str, Any]
     pngs: list[Path] = field(default_factory=list)
     wandb: str | None = None  # a line saying where the W&B report went
+    markdown: Path | None = None  # the tables of numbers (--markdown)
 
 
 def render_html(data: ReportData, figures: dict[str, Any], captions: dict[str, str]) -> str:
@@ -336,16 +368,22 @@ def render_html(data: ReportData, figures: dict[str, Any], captions: dict[str, s
 
 
 def write_report(run_dirs: list[Path], out: Path, *, by: str | None = DEFAULT_BY,
-                 png_dir: Path | None = None, wandb: bool = False) -> Built:
-    """Write the HTML report (and PNGs / the W&B report when asked)."""
-    from mixsweep import report_figures
+                 png_dir: Path | None = None, wandb: bool = False,
+                 markdown: Path | None = None, early_epoch: int | None = None,
+                 where: list[str] | None = None, only: list[str] | None = None) -> Built:
+    """Write the HTML report (and PNGs / the Markdown tables / the W&B report when asked);
+    ``where`` selects trials (``KEY=VALUE``), ``only`` names the figures to draw."""
+    from mixsweep import report_figures, report_tables
 
-    data = load([Path(d) for d in run_dirs], by=by)
+    data = load([Path(d) for d in run_dirs], by=by, where=where)
     if data.done.empty:
         raise ReportError("no completed trials in " + ", ".join(str(d) for d in run_dirs))
-    figures, captions = report_figures.all_figures(data)
+    figures, captions = report_figures.all_figures(data, only)
     atomic_write_text(Path(out), render_html(data, figures, captions))
     built = Built(Path(out), figures)
+    if markdown is not None:
+        atomic_write_text(Path(markdown), report_tables.render_markdown(data, early_epoch))
+        built.markdown = Path(markdown)
     if png_dir is not None:
         built.pngs = report_figures.write_pngs(figures, Path(png_dir))
     if wandb:

@@ -168,7 +168,11 @@ def fig_profile(data: ReportData, which: str = "final") -> go.Figure:
     _mean_lines(fig, data, long, "layer", "nl", rows, datasets, "data.dataset", x_order=data.layers)
     if len(data.sweeps) > 1:
         fig.update_layout(legend_title_text="mode · sweep")
-    fig.update_xaxes(categoryorder="array", categoryarray=data.layers)
+    # each row shows its own layers (cnn depth may differ between rows), in network order
+    for ri, row in enumerate(rows):
+        present = set(long.loc[long["row"] == row, "layer"]) | set(init.loc[init["row"] == row, "layer"])
+        fig.update_xaxes(categoryorder="array", categoryarray=[x for x in data.layers if x in present],
+                         row=ri + 1)
     return fig
 
 
@@ -323,16 +327,23 @@ CAPTIONS = {
 }
 
 
-def all_figures(data: ReportData) -> tuple[dict[str, go.Figure], dict[str, str]]:
-    figs = {
-        "profile": fig_profile(data, "final"),
-        "profile_target": fig_profile(data, "target"),
-        "nl_epochs": fig_nl_epochs(data),
-        "acc_epochs": fig_acc_epochs(data),
-        "ett_k": fig_ett(data, "mixup.k"),
-        "ett_alpha": fig_ett(data, "mixup.alpha"),
-        "acc_fraction": fig_acc_fraction(data),
-    }
+FIGURES = {
+    "profile": lambda d: fig_profile(d, "final"),
+    "profile_target": lambda d: fig_profile(d, "target"),
+    "nl_epochs": fig_nl_epochs,
+    "acc_epochs": fig_acc_epochs,
+    "ett_k": lambda d: fig_ett(d, "mixup.k"),
+    "ett_alpha": lambda d: fig_ett(d, "mixup.alpha"),
+    "acc_fraction": fig_acc_fraction,
+}
+
+
+def all_figures(data: ReportData, only: list[str] | None = None) -> tuple[dict[str, go.Figure], dict[str, str]]:
+    """The report's figures (all, or the names in ``only``, in the report's order)."""
+    unknown = sorted(set(only or []) - set(FIGURES))
+    if unknown:
+        raise ReportError(f"--figures: unknown figure {unknown[0]!r}; use {', '.join(FIGURES)}")
+    figs = {name: make(data) for name, make in FIGURES.items() if not only or name in only}
     return figs, CAPTIONS
 
 

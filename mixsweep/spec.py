@@ -40,6 +40,8 @@ LOADERS = ("memory", "torch", "ffcv")
 MIXING_MODES = frozenset({"sup", "unsup", "both"})  # modes that use k and alpha
 CONSISTENCY_MODES = frozenset({"unsup", "both", "mt"})  # modes with an EMA teacher
 
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "digits": 10, "synthetic": 10}
+
 DEFAULT_TARGETS = {
     "cifar10": 0.85,
     "cifar100": 0.55,
@@ -81,6 +83,8 @@ def _ffcv_template(v: str) -> str:
 class DataConfig(_Frozen):
     dataset: Literal["cifar10", "cifar100", "svhn", "digits", "synthetic"] = "digits"
     labeled_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    # a label count instead of a fraction: the same number per class (250 = 25 per CIFAR-10 class)
+    num_labels: Annotated[int, Field(ge=1)] | None = None
     loader: Literal["memory", "torch", "ffcv"] = "memory"
     augment: bool = True
     split_seed: int | None = None  # None: the trial's seed chooses the labeled subset
@@ -93,6 +97,8 @@ class DataConfig(_Frozen):
 class ModelConfig(_Frozen):
     arch: Literal["cnn", "resnet18", "wrn28_2"] = "cnn"
     width: Annotated[int, Field(ge=1)] = 32  # base width of `cnn` (others use their paper widths)
+    depth: Annotated[int, Field(ge=2, le=32)] = 4  # `cnn` conv layers: a stem + depth-1 blocks
+    batchnorm: bool = True  # `cnn` only; false: no BatchNorm, convs with a bias
 
 
 class TrainConfig(_Frozen):
@@ -140,6 +146,16 @@ _NOT_IDENTITY = {
 }
 
 
+# Keys added after the first release, with their defaults: at its default such a key
+# does not enter the trial id, so every id an earlier version computed stays the same
+# (a sweep launched before the key existed resumes instead of re-running; golden ids in
+# tests/test_spec.py). A key added later goes here with its default.
+_ADDED_LATER: dict[str, dict[str, Any]] = {
+    "model": {"depth": 4, "batchnorm": True},
+    "data": {"num_labels": None},
+}
+
+
 class TrialConfig(_Frozen):
     """Everything one trial needs: one value per key."""
 
@@ -161,7 +177,24 @@ class TrialConfig(_Frozen):
         for section, keys in _NOT_IDENTITY.items():
             for key in keys:
                 d[section].pop(key, None)
+        for section, defaults in _ADDED_LATER.items():
+            for key, default in defaults.items():
+                if d[section].get(key, default) == default:
+                    d[section].pop(key, None)
         return d
+
+    @model_validator(mode="after")
+    def _one_label_rule(self) -> TrialConfig:
+        d = self.data
+        if d.num_labels is not None:
+            if d.labeled_fraction != 1.0:
+                raise ValueError("data: set labeled_fraction or num_labels, not both "
+                                 f"(got {d.labeled_fraction} and {d.num_labels})")
+            classes = NUM_CLASSES[d.dataset]
+            if d.num_labels % classes:
+                raise ValueError(f"data.num_labels: {d.num_labels} is not a multiple of the "
+                                 f"{classes} classes of {d.dataset} (labels are equal per class)")
+        return self
 
     @property
     def split_seed(self) -> int:
@@ -239,15 +272,30 @@ def _axis_model(section: type[_Frozen]) -> type[BaseModel]:
                 None,
             )
             continue
+        if section is TrainConfig and name == "epoch_seconds_hint":  # a number or a per-mode map
+            hint = Annotated[float, Field(gt=0)]
+            fields[name] = (
+                hint | dict[Literal["erm", "sup", "unsup", "both", "mt"], hint] | None, None)
+            continue
+        if section is DataConfig and name == "num_labels":
+            count = Annotated[int, Field(ge=1)] | None
+            fields[name] = (
+                list[count] | dict[Literal["cifar10", "cifar100", "svhn", "digits", "synthetic"],
+                                   Annotated[list[count], Field(min_length=1)]],
+                Field(default=[None], min_length=1),
+            )
+            continue
         item = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
         fields[name] = (list[item], Field(default=[info.default], min_length=1))  # type: ignore[valid-type]
 
+    def _wrap(k: str, v: Any) -> Any:
+        if k == "num_labels" and isinstance(v, dict):  # a per-dataset map of axes
+            return {ds: x if isinstance(x, list) else [x] for ds, x in v.items()}
+        return v if isinstance(v, list) or k in ("target_accuracy", "epoch_seconds_hint") else [v]
+
     def _wrap_scalars(cls: type, data: Any) -> Any:
         if isinstance(data, dict):
-            return {
-                k: (v if isinstance(v, list) or k == "target_accuracy" else [v])
-                for k, v in data.items()
-            }
+            return {k: _wrap(k, v) for k, v in data.items()}
         return data
 
     return create_model(  # type: ignore[call-overload]
@@ -296,6 +344,75 @@ class SweepSpec(_Frozen):
         return [v] if isinstance(v, int) else v
 
 
+def _defaults(model: type[BaseModel], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: model.model_fields[k].default for k in keys}
+
+
+def _collapse_model(m: dict[str, Any]) -> dict[str, Any]:
+    """Only the cnn has a width, depth and batchnorm switch: the others keep the defaults."""
+    if m["arch"] != "cnn":
+        m = {**m, **_defaults(ModelConfig, ("width", "depth", "batchnorm"))}
+    return m
+
+
+def _collapse_train(t: dict[str, Any]) -> dict[str, Any]:
+    """Adam has no momentum or nesterov; SGD without momentum has no nesterov."""
+    if t["optimizer"] == "adam":
+        t = {**t, **_defaults(TrainConfig, ("momentum", "nesterov"))}
+    elif t["momentum"] == 0:
+        t = {**t, **_defaults(TrainConfig, ("nesterov",))}
+    return t
+
+
+def _data_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The data grid, with a per-dataset ``num_labels`` map fanned out per dataset."""
+    points = []
+    for d in _grid(spec.data):
+        labels = d["num_labels"]
+        if not isinstance(labels, dict):
+            points.append(d)
+            continue
+        if d["dataset"] not in labels:
+            raise SpecError([f"data.num_labels: the map has no entry for dataset {d['dataset']!r} "
+                             f"(name every dataset of the sweep; [null] = use labeled_fraction)"])
+        points += [{**d, "num_labels": n} for n in labels[d["dataset"]]]
+    return points
+
+
+def _resolve_target(train: dict[str, Any], dataset: str) -> float | None:
+    target = train["target_accuracy"]
+    if isinstance(target, dict):
+        if dataset not in target:
+            raise SpecError([f"train.target_accuracy: the map has no entry for dataset {dataset!r} "
+                             f"(name every dataset of the sweep, e.g. {dataset}: "
+                             f"{DEFAULT_TARGETS[dataset]})"])
+        return target[dataset]
+    return DEFAULT_TARGETS[dataset] if target is None else target
+
+
+def _resolve_hint(train: dict[str, Any], mode: str) -> float | None:
+    hint = train["epoch_seconds_hint"]
+    if isinstance(hint, dict):
+        if mode not in hint:
+            raise SpecError([f"train.epoch_seconds_hint: the map has no entry for mode {mode!r} "
+                             "(name every mode of the sweep)"])
+        return hint[mode]
+    return hint
+
+
+def _check_labels(d: dict[str, Any]) -> None:
+    if d["num_labels"] is None:
+        return
+    if d["labeled_fraction"] != 1.0:
+        raise SpecError([f"data: a trial uses labeled_fraction or num_labels, not both "
+                         f"(got labeled_fraction {d['labeled_fraction']} with num_labels "
+                         f"{d['num_labels']}); put them in separate sweeps"])
+    classes = NUM_CLASSES[d["dataset"]]
+    if d["num_labels"] % classes:
+        raise SpecError([f"data.num_labels: {d['num_labels']} is not a multiple of the {classes} "
+                         f"classes of {d['dataset']} (an equal number of labels per class)"])
+
+
 def _collapse_mixup(m: dict[str, Any]) -> dict[str, Any]:
     """Null the keys a mode ignores, so equal trials get equal ids."""
     m = dict(m)
@@ -320,20 +437,17 @@ def _grid(section: BaseModel) -> list[dict[str, Any]]:
 
 def expand(spec: SweepSpec) -> list[TrialConfig]:
     """All trials of a sweep, in a stable order, without duplicates."""
-    grids = [_grid(getattr(spec, name)) for name in _SECTIONS]
+    grids = [_data_points(spec)] + [_grid(getattr(spec, name)) for name in list(_SECTIONS)[1:]]
     trials: dict[str, TrialConfig] = {}
     for data, model, train, mixup, lin in itertools.product(*grids):
-        target = train["target_accuracy"]
-        if isinstance(target, dict):
-            target = target.get(data["dataset"])
-        elif target is None:
-            target = DEFAULT_TARGETS[data["dataset"]]
-        train = {**train, "target_accuracy": target}
+        _check_labels(data)
+        train = {**_collapse_train(train), "target_accuracy": _resolve_target(train, data["dataset"])}
+        hint = _resolve_hint(train, mixup["mode"])
         for seed in spec.seeds:
             cfg = TrialConfig(
                 data=DataConfig(**data),
-                model=ModelConfig(**model),
-                train=TrainConfig(**train),
+                model=ModelConfig(**_collapse_model(model)),
+                train=TrainConfig(**{**train, "epoch_seconds_hint": hint}),
                 mixup=MixupConfig(**_collapse_mixup(mixup)),
                 linearity=LinearityConfig(**lin),
                 seed=seed,
@@ -400,7 +514,8 @@ def _format_errors(err: ValidationError, root: type[BaseModel]) -> list[str]:
         lines.append(f"{where or '<top>'}: {msg}{shown}")
     # a union key with a deeper error (a bad map entry) needs no "not a number" line too
     keys = [line.split(":", 1)[0] for line in lines]
-    lines = [ln for ln, k in zip(lines, keys, strict=True) if not any(o.startswith(k + ".") for o in keys)]
+    lines = [ln for ln, k in zip(lines, keys, strict=True)
+             if not any(o.startswith((k + ".", k + "[")) for o in keys)]
     return list(dict.fromkeys(lines))
 
 
@@ -482,6 +597,10 @@ def keys_help() -> str:
         keys = ", ".join(f"{k}={f.default!r}" for k, f in model.model_fields.items())
         lines.append(f"{name}: {keys}")
     lines.append("seeds: [0]  (name: the file's stem; runs_dir: 'runs')")
+    lines.append("data.num_labels: a label count (equal per class) instead of labeled_fraction, "
+                 "or a per-dataset map of axes, e.g. {cifar10: [250, 4000, null], svhn: [1000]}")
+    lines.append("train.epoch_seconds_hint: seconds per epoch for the --dry-run GPU-hour "
+                 "estimate, a number or a per-mode map, e.g. {erm: 1.0, sup: 1.0, unsup: 2.5}")
     lines.append("train.target_accuracy: a number or a per-dataset map; None uses "
                  + ", ".join(f"{k} {v}" for k, v in DEFAULT_TARGETS.items()))
     return "\n\n".join(lines)

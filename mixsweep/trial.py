@@ -115,7 +115,8 @@ class _Run:
         c, h, _ = self.data.shape
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.model = build_model(cfg.model.arch, c, self.data.num_classes, h, cfg.model.width)
+            m = cfg.model
+            self.model = build_model(m.arch, c, self.data.num_classes, h, m.width, m.depth, m.batchnorm)
         self.model.to(device)
         self.channels_last = cfg.train.channels_last and device.type == "cuda"
         if self.channels_last:
@@ -124,7 +125,8 @@ class _Run:
         if cfg.mixup.mode in CONSISTENCY_MODES:
             self.teacher = copy.deepcopy(self.model).requires_grad_(False)
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
-        split = labeled_split(self.data.train_y, cfg.data.labeled_fraction, cfg.split_seed)
+        split = labeled_split(self.data.train_y, cfg.data.labeled_fraction, cfg.split_seed,
+                              cfg.data.num_labels)
         self.loader = make_loader(
             cfg.data.loader, self.data, split, cfg.train.batch_size, device,
             augment=cfg.data.augment, unlabeled=self.teacher is not None, seed=cfg.seed,

@@ -240,6 +240,21 @@ def test_labeled_split_full_fraction() -> None:
         labeled_split(labels, 0.0, seed=0)
 
 
+def test_labeled_split_by_count_is_equal_per_class() -> None:
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)  # imbalanced, as SVHN is
+    s = labeled_split(labels, 1.0, seed=5, num_labels=15)
+    assert torch.bincount(labels[s.labeled]).tolist() == [5, 5, 5]
+    assert torch.equal(s.labeled, labeled_split(labels, 1.0, seed=5, num_labels=15).labeled)
+    assert not torch.equal(s.labeled, labeled_split(labels, 1.0, seed=6, num_labels=15).labeled)
+    assert len(s.unlabeled) == 85 and not set(s.labeled.tolist()) & set(s.unlabeled.tolist())
+    # a fraction keeps the imbalance; a count does not
+    assert torch.bincount(labels[labeled_split(labels, 0.3, seed=5).labeled]).tolist() == [15, 9, 6]
+    with pytest.raises(ValueError, match="not a positive multiple of the 3 classes"):
+        labeled_split(labels, 1.0, seed=0, num_labels=16)
+    with pytest.raises(ValueError, match="needs 21 labels per class; the smallest class has 20"):
+        labeled_split(labels, 1.0, seed=0, num_labels=63)
+
+
 def test_same_subset_in_every_mode(trial_cfg) -> None:
     from mixsweep.trial import _Run
 

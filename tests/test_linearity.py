@@ -115,6 +115,35 @@ def test_stem_pre_of_real_models_is_linear(arch: str) -> None:
     assert 0 <= nl["stem_pre"] <= 1e-6
 
 
+@pytest.mark.parametrize("depth", [2, 4, 8])
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_cnn_depth_and_batchnorm_probe_every_block(depth: int, batchnorm: bool) -> None:
+    torch.manual_seed(0)
+    model = build_model("cnn", 1, 10, 8, width=4, depth=depth, batchnorm=batchnorm)
+    blocks = [f"block{i}" for i in range(1, depth)]
+    assert list(model.probe_layers) == ["stem_pre", "stem", *blocks, "pool", "logits", "probs"]
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == depth
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == batchnorm
+    assert all((c.bias is None) == batchnorm for c in convs)
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    nl = layer_nonlinearity(model, x)
+    assert set(nl) == set(model.probe_layers) and nl["stem_pre"] < 1e-6
+    assert all(0 <= v < 10 for v in nl.values())
+
+
+def test_cnn_depth_4_is_the_original_network() -> None:
+    """depth 4 keeps the parameter names (old checkpoints load) and the init (old results hold)."""
+    torch.manual_seed(0)
+    model = build_model("cnn", 1, 10, 8, width=16)
+    names = [n for n, _ in model.named_parameters()]
+    assert names[:2] == ["conv1.weight", "bn1.weight"] and "block3.0.weight" in names
+    assert not any(n.startswith("block4") for n in names)
+    # the same draws as before depth existed: sum |w| of that version's cnn at seed 0 (fb01f87)
+    total = sum(float(p.double().abs().sum()) for p in model.state_dict().values() if p.is_floating_point())
+    assert total == pytest.approx(1912.2414292193616, rel=1e-9)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_mode_restored_hooks_removed_inputs_untouched(probes: torch.Tensor, training: bool) -> None:
     torch.manual_seed(0)

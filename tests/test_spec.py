@@ -217,3 +217,99 @@ def test_trial_file_needs_one_value_per_key(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump({"mixup": {"mode": "erm", "k": [2, 3]}}))
     _, cfg = load_trial(f)
     assert cfg.mixup.k is None
+
+
+# --------------------------------------------------------------------------- ids across versions
+
+# Literal ids computed by the version before model.depth, model.batchnorm and data.num_labels
+# existed (commit fb01f87). A key added later must leave them alone while it is at its default:
+# relaunching an old sweep resumes it instead of re-running every trial.
+GOLDEN_IDS = {
+    "quickstart[0]": "27c3ba40fcf4",
+    "quickstart[1]": "fc6e0f622b94",
+    "quickstart[2]": "9e9609a594b8",
+    "k_points[0]": "44e00d575ea8",
+    "k_points[1]": "f009b6d082b2",
+    "default": "c300026dccd4",
+    "resnet18-adam-sup-k3": "c378d8124711",
+}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_golden_ids_survive_added_keys() -> None:
+    quick = expand(load_spec(REPO / "sweeps" / "quickstart.yaml"))
+    kp = expand(load_spec(REPO / "sweeps" / "k_points.yaml"))
+    got = {
+        "quickstart[0]": quick[0].trial_id,
+        "quickstart[1]": quick[1].trial_id,
+        "quickstart[2]": quick[2].trial_id,
+        "k_points[0]": kp[0].trial_id,
+        "k_points[1]": kp[1].trial_id,
+        "default": TrialConfig().trial_id,
+        "resnet18-adam-sup-k3": TrialConfig(model={"arch": "resnet18"}, train={"optimizer": "adam"},
+                                            mixup={"mode": "sup", "k": 3, "alpha": 0.2}).trial_id,
+    }
+    assert got == GOLDEN_IDS
+
+
+def test_added_keys_enter_the_id_only_off_their_default() -> None:
+    base = TrialConfig()
+    assert TrialConfig(model={"depth": 4, "batchnorm": True}, data={"num_labels": None}).trial_id == base.trial_id
+    changed = {TrialConfig(model={"depth": 8}).trial_id, TrialConfig(model={"batchnorm": False}).trial_id,
+               TrialConfig(data={"num_labels": 250}).trial_id}
+    assert len(changed) == 3 and base.trial_id not in changed
+    assert TrialConfig(model={"depth": 8}).trial_id == "d9c9b35d7a73"  # pinned too
+
+
+def test_ignored_model_and_optimizer_axes_collapse() -> None:
+    trials = expand(spec(model={"arch": "resnet18", "width": [16, 32], "depth": [2, 8],
+                                "batchnorm": [True, False]},
+                         train={"optimizer": "adam", "momentum": [0.5, 0.9], "nesterov": [True, False]}))
+    assert len(trials) == 1
+    assert (trials[0].model.width, trials[0].model.depth, trials[0].train.momentum) == (32, 4, 0.9)
+    # the cnn uses all three: 2 x 2 x 2; sgd uses momentum
+    assert len(expand(spec(model={"width": [16, 32], "depth": [2, 8], "batchnorm": [True, False]}))) == 8
+    assert len(expand(spec(train={"momentum": [0.5, 0.9]}))) == 2
+    # without momentum, nesterov means nothing
+    assert len(expand(spec(train={"momentum": 0.0, "nesterov": [True, False]}))) == 1
+
+
+def test_num_labels_per_dataset_map_fans_out() -> None:
+    trials = expand(spec(data={"dataset": ["cifar10", "svhn"],
+                               "num_labels": {"cifar10": [250, 4000, None], "svhn": 1000}}))
+    assert [(t.data.dataset, t.data.num_labels) for t in trials] == [
+        ("cifar10", 250), ("cifar10", 4000), ("cifar10", None), ("svhn", 1000)]
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"data": {"dataset": ["cifar10", "svhn"], "num_labels": {"cifar10": [250]}}},
+         "data.num_labels: the map has no entry for dataset 'svhn'"),
+        ({"data": {"dataset": "cifar10", "labeled_fraction": 0.1, "num_labels": 250}},
+         "data: a trial uses labeled_fraction or num_labels, not both"),
+        ({"data": {"dataset": "cifar10", "num_labels": 255}},
+         "data.num_labels: 255 is not a multiple of the 10 classes of cifar10"),
+        ({"data": {"dataset": ["cifar10", "svhn"]}, "train": {"target_accuracy": {"cifar10": 0.5}}},
+         "train.target_accuracy: the map has no entry for dataset 'svhn'"),
+        ({"mixup": {"mode": ["erm", "unsup"]}, "train": {"epoch_seconds_hint": {"erm": 1.0}}},
+         "train.epoch_seconds_hint: the map has no entry for mode 'unsup'"),
+        ({"model": {"depth": 1}}, "model.depth[0]: Input should be greater than or equal to 2"),
+        ({"data": {"num_labels": [0]}}, "data.num_labels[0]: Input should be greater than or equal to 1"),
+    ],
+)
+def test_label_count_target_and_hint_maps_are_checked(sections: dict, message: str) -> None:
+    with pytest.raises(SpecError) as err:
+        spec(**sections)
+    assert len(err.value.problems) == 1
+    assert err.value.problems[0].startswith(message), err.value.problems
+
+
+def test_epoch_seconds_hint_per_mode_feeds_the_estimate() -> None:
+    from mixsweep.spec import plan
+
+    s = spec(mixup={"mode": ["erm", "unsup"]}, train={"epochs": 10, "epoch_seconds_hint": {"erm": 1.0, "unsup": 2.5}},
+             resources={"gpus_per_trial": 1})
+    trials = expand(s)
+    assert sorted(t.train.epoch_seconds_hint for t in trials) == [1.0, 2.5]
+    assert plan(s, trials)["gpu_hours_estimate"] == pytest.approx((10 * 1.0 + 10 * 2.5) / 3600)
