@@ -351,7 +351,7 @@ def report(
     wandb: Annotated[bool, typer.Option("--wandb", help="Also build the W&B report: saved when online, else its JSON beside the HTML.")] = False,
     markdown: Annotated[Path | None, typer.Option(help="Also write the tables of numbers (mean ± sd over seeds per cell; NL at the end, at an early epoch, at matched accuracy) as Markdown.")] = None,
     early_epoch: Annotated[int | None, typer.Option(min=1, help="The early epoch of the --markdown NL tables (default: linearity.every).")] = None,
-    where: Annotated[list[str] | None, typer.Option(help="Only trials with KEY=VALUE (repeatable; keys as for --by), e.g. --where batchnorm=true --where fraction=1.")] = None,
+    where: Annotated[list[str] | None, typer.Option(help="Only trials with KEY=VALUE (repeatable; keys as for --by; VALUE may list several: weight=10,none), e.g. --where batchnorm=true --where fraction=1.")] = None,
     figures: Annotated[str | None, typer.Option(help="Only these figures, comma-separated: profile, profile_target, nl_epochs, acc_epochs, ett_k, ett_alpha, acc_fraction.")] = None,
 ) -> None:
     """Compare sweeps: per-layer nonlinearity, accuracy, epochs to target -> one HTML file.

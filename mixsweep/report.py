@@ -111,15 +111,16 @@ def _load_one(run_dir: Path) -> tuple[str, dict[str, Any], pd.DataFrame, list[di
 
 def select(results: pd.DataFrame, where: list[str]) -> pd.DataFrame:
     """Keep the trials whose config matches every ``KEY=VALUE`` (aliases as for --by;
-    values as the tables print them: ``fraction=1``, ``batchnorm=true``, ``k=none``)."""
+    values as the tables print them: ``fraction=1``, ``batchnorm=true``, ``k=none``;
+    ``weight=10,none``: any of them)."""
     for cond in where:
         key, sep, value = cond.partition("=")
         if not sep or not key.strip():
             raise ReportError(f"--where {cond!r}: write KEY=VALUE, e.g. fraction=0.1")
-        col = resolve_axis(key.strip(), results)
-        want = value.strip().lower()
-        keep = [_fmt_cfg(v).lower() in (want, "—" if want in ("none", "null") else want)
-                for v in results[col]]
+        col = resolve_axis(key.strip(), results, "--where")
+        wants = {w.strip().lower() for w in value.split(",")}
+        wants |= {"—"} if wants & {"none", "null"} else set()
+        keep = [_fmt_cfg(v).lower() in wants for v in results[col]]
         if not any(keep):
             seen = ", ".join(sorted({_fmt_cfg(v) for v in results[col]}))
             raise ReportError(f"--where {cond!r}: no trial has {col} = {value.strip()}; values: {seen}")
@@ -164,11 +165,11 @@ def load(run_dirs: list[Path], by: str | None = DEFAULT_BY, where: list[str] | N
     return data
 
 
-def resolve_axis(by: str, results: pd.DataFrame) -> str:
+def resolve_axis(by: str, results: pd.DataFrame, option: str = "--by") -> str:
     col = AXIS_ALIASES.get(by, by)
     if col not in results.columns or col in ("trial_id", "status") or col.startswith(("nl", "cos.")):
         short = ", ".join(sorted(AXIS_ALIASES))
-        raise ReportError(f"--by {by!r}: not a config axis; use one of {short} or a results.csv config column")
+        raise ReportError(f"{option} {by!r}: not a config axis; use one of {short} or a results.csv config column")
     return col
 
 

@@ -65,7 +65,8 @@ def trial_frame(data: ReportData, epoch: int | None) -> pd.DataFrame:
 
 
 def _cells(done: pd.DataFrame, data: ReportData):
-    keys = config_axes(done) or ["data.dataset"]
+    keys = config_axes(done)
+    keys = keys if "mixup.mode" in keys else ["mixup.mode", *keys]  # always say which mode
     rank = {m: i for i, m in enumerate(data.modes)}
     groups = list(done.groupby(keys, dropna=False, sort=False))
     # the other axes first (in their own order), the mode last: modes side by side per setting

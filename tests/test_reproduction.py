@@ -97,3 +97,35 @@ def test_slice_tables_and_report(slice_store: Path, tmp_path: Path) -> None:
     per_layer = text.split("## NL per layer at the end of training")[1].split("##")[0]
     assert "block7" in per_layer and "probs" in per_layer
     assert render_markdown(load([slice_store], by=None), 10).count("epoch 10") >= 2
+
+
+def test_where_and_figures_select(slice_store: Path, tmp_path: Path) -> None:
+    built = write_report([slice_store], tmp_path / "r.html", by="depth", where=["mode=sup"],
+                         only=["profile"], markdown=tmp_path / "t.md")
+    assert list(built.figures) == ["profile"]
+    summary = (tmp_path / "t.md").read_text().split("## Summary per cell")[1].split("##")[0]
+    assert "| sup |" in summary and "| erm |" not in summary
+    assert set(load([slice_store], where=["mode=erm,sup", "batchnorm=true", "k=2,none"]).done["mixup.mode"]) == {"erm", "sup"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--where", "batchnorm=maybe"], "error: --where 'batchnorm=maybe': no trial has model.batchnorm = maybe; values: False, True"),
+        (["--where", "nokey"], "error: --where 'nokey': write KEY=VALUE"),
+        (["--where", "colour=red"], "error: --where 'colour': not a config axis"),
+        (["--figures", "profile,nope"], "error: --figures: unknown figure 'nope'"),
+    ],
+)
+def test_bad_report_selection_is_one_line_exit_2(slice_store: Path, tmp_path: Path, args: list[str],
+                                                 message: str) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "mixsweep.cli", "report", str(slice_store),
+                           "--out", str(tmp_path / "r.html"), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
+    assert not (tmp_path / "r.html").exists()
