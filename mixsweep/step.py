@@ -252,12 +252,14 @@ class TrainStep:
         graph.replay()  # capture records; the replay runs this step
 
     # -- one epoch
-    def run_epoch(self, epoch: int, step0: int) -> dict[str, float]:
+    def run_epoch(self, epoch: int, step0: int, limit: int | None = None) -> dict[str, float]:
         """Train epoch ``epoch`` (global steps step0 .. step0 + steps - 1); the mean losses.
 
+        ``limit``: run only the epoch's first ``limit`` steps (``mixsweep bench`` on CPU).
         Raises ``TrialFailed`` (with ``.steps_done``) when a loss was non-finite.
         """
-        cfg, n = self.cfg, self.steps
+        cfg = self.cfg
+        n = self.steps if limit is None else max(1, min(limit, self.steps))
         memory = isinstance(self.loader, MemoryLoader)
         host = mixup_draws(cfg.mixup.mode, cfg.mixup.k, cfg.mixup.alpha, cfg.seed, epoch, n,
                            self.loader.batch_size)
@@ -280,7 +282,7 @@ class TrainStep:
         else:
             batches = ((self.loader.batch_at(self.table, i) for i in range(n)) if memory
                        else self.loader.epoch(epoch))
-            for i, batch in enumerate(batches):
+            for i, batch in zip(range(n), batches, strict=False):
                 self._host_step(batch, i, step0 + i)
         # the one read of the epoch
         vals = torch.cat([self.sums, self.bad_step.double(), self.bad_val]).tolist()

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from mixsweep import __version__
-from mixsweep.data import load_dataset, make_loader
+from mixsweep.data import ArrayDataset, load_dataset, make_loader
 from mixsweep.data.ffcv_loader import resolve_ffcv_dir
 from mixsweep.data.loaders import Normalize, eval_batches
 from mixsweep.data.split import labeled_split
@@ -106,9 +106,11 @@ def provenance(device: torch.device) -> dict[str, Any]:
 class _Run:
     """The state of one trial while it trains (kept off the public surface)."""
 
-    def __init__(self, cfg: TrialConfig, device: torch.device):
+    def __init__(self, cfg: TrialConfig, device: torch.device, data: ArrayDataset | None = None):
         self.cfg, self.device = cfg, device
-        self.data = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.download)
+        # data: given by ``mixsweep bench`` (synthetic); a trial reads its dataset
+        self.data = data if data is not None else load_dataset(cfg.data.dataset, cfg.data.root,
+                                                               cfg.data.download)
         c, h, _ = self.data.shape
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
@@ -128,6 +130,9 @@ class _Run:
             cfg.data.loader, self.data, split, cfg.train.batch_size, device,
             augment=cfg.data.augment, unlabeled=self.teacher is not None, seed=cfg.seed,
             ffcv_dir=resolve_ffcv_dir(cfg.data.ffcv_dir, cfg.data.root, cfg.data.dataset),
+            # the torch loader's workers: the threads this trial was given (tune.py sets them
+            # to resources.cpus_per_trial), not one per core of the node
+            num_workers=torch.get_num_threads(),
         )
         self.steps_per_epoch = self.loader.steps_per_epoch
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
@@ -172,8 +177,8 @@ class _Run:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One epoch of ``mixsweep.step.TrainStep`` (no per-step host sync); the mean losses."""
+    def trainer(self) -> TrainStep:
+        """The training step of this run (built on first use, after a checkpoint was loaded)."""
         if getattr(self, "_trainer", None) is None:
             self._trainer = TrainStep(
                 model=self.model, forward=self.forward, teacher=self.teacher, opt=self.opt,
@@ -181,13 +186,20 @@ class _Run:
                 num_classes=self.data.num_classes, total_steps=self.total_steps,
                 device=self.device, loss_fn=mixup_losses,
             )
+        return self._trainer
+
+    def train_epoch(self, epoch: int, limit: int | None = None) -> dict[str, float]:
+        """One epoch of ``mixsweep.step.TrainStep`` (no per-step host sync); the mean losses.
+
+        ``limit``: only the first steps of the epoch (``mixsweep bench``; never in a trial).
+        """
         start = time.perf_counter()
         try:
-            losses = self._trainer.run_epoch(epoch, self.step)
+            losses = self.trainer().run_epoch(epoch, self.step, limit)
         except TrialFailed as err:
             self.step += getattr(err, "steps_done", 0)
             raise
-        self.step += self.steps_per_epoch
+        self.step += self.steps_per_epoch if limit is None else min(limit, self.steps_per_epoch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.train_seconds += time.perf_counter() - start
