@@ -131,7 +131,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float | torch.Tens
         raise ValueError("teacher and student differ in their parameters")
     if isinstance(decay, torch.Tensor):
         diff = torch._foreach_sub(sp, tp)
-        torch._foreach_mul_(diff, 1.0 - decay)
+        torch._foreach_mul_(diff, (1.0 - decay).to(tp[0].dtype))
         torch._foreach_add_(tp, diff)
     else:
         torch._foreach_lerp_(tp, sp, 1.0 - decay)

@@ -131,6 +131,8 @@ class TrainStep:
                 g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float32, device=self.device)
             if self.device.type == "cuda":  # no host read of lr (the foreach path calls .item())
                 g["fused"], g["foreach"] = True, False
+                if "capturable" in g:  # Adam: step() refuses a capture otherwise
+                    g["capturable"] = True
         self.lr = self.opt.param_groups[0]["lr"]
 
     def _amp(self):
@@ -222,14 +224,15 @@ class TrainStep:
         self.ctr += 1
 
     def _graphed_step(self) -> None:
+        """Replay the captured step; before that: eager warm-up steps, then the one capture."""
         if self.graph is not None:
             self.graph.replay()
             return
-        if not self.graphs or self.warm < WARMUP_STEPS:
-            side = torch.cuda.Stream(self.device) if self.graphs else None
-            if side is None:
-                self._device_step()
-                return
+        if not self.graphs:  # device mode without a graph (a failed capture; tests on CPU)
+            self._device_step()
+            return
+        if self.warm < WARMUP_STEPS:  # on a side stream, as PyTorch's whole-network capture does
+            side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 self._device_step()
