@@ -254,6 +254,20 @@ class TrainStep:
         self.graph = graph
         graph.replay()  # capture records; the replay runs this step
 
+    def _advance_sched(self, n: int) -> None:
+        """Step the scheduler ``n`` times on the host (its state: checkpoints, the lr of the
+        record), with plain floats in the groups meanwhile: the device lr is the table's."""
+        groups = self.opt.param_groups
+        device_lrs = [g["lr"] for g in groups]
+        for g in groups:
+            g["lr"] = 0.0
+        try:
+            for _ in range(n):
+                self.sched.step()
+        finally:
+            for g, lr in zip(groups, device_lrs, strict=True):
+                g["lr"] = lr
+
     # -- one epoch
     def run_epoch(self, epoch: int, step0: int, limit: int | None = None) -> dict[str, float]:
         """Train epoch ``epoch`` (global steps step0 .. step0 + steps - 1); the mean losses.
@@ -280,8 +294,7 @@ class TrainStep:
         if self.device_mode:
             for _ in range(n):
                 self._graphed_step()
-            for _ in range(n):  # keep the scheduler's state (checkpoints, the lr of the record)
-                self.sched.step()
+            self._advance_sched(n)
         else:
             batches = ((self.loader.batch_at(self.table, i) for i in range(n)) if memory
                        else self.loader.epoch(epoch))

@@ -182,6 +182,8 @@ def test_device_scalar_step_matches_host_step(trial_cfg) -> None:
         assert la == pytest.approx(lb, rel=1e-4)
     assert int(b.ctr) == b.steps  # the device counter walked the epoch
     assert ra.sched.get_last_lr() == pytest.approx(rb.sched.get_last_lr())
+    assert isinstance(rb.sched.get_last_lr()[0], float)  # the record's lr stays a number
+    assert rb.opt.param_groups[0]["lr"] is b.lr  # the optimizer still reads the device lr
     for (name, pa), pb in zip(ra.model.named_parameters(), rb.model.parameters(), strict=True):
         assert torch.allclose(pa, pb, rtol=1e-4, atol=1e-5), name
     for ta, tb in zip(ra.teacher.parameters(), rb.teacher.parameters(), strict=True):
@@ -207,3 +209,43 @@ def test_cuda_graphs_trial_on_cpu_runs_eager(trial_cfg, capsys) -> None:
     assert on["status"] == "completed" and on["final_acc"] == off["final_acc"]
     err = capsys.readouterr().err
     assert err.count("train.cuda_graphs: no CUDA device") == 1
+
+
+@pytest.mark.parametrize("mode", ["both", "sup"])
+def test_no_host_read_inside_a_step(trial_cfg, monkeypatch, mode: str) -> None:
+    """Inside a step nothing reads a tensor's value on the host (item, float, int, bool, tolist):
+    on a GPU each would be a sync. The epoch's one read comes after its last step."""
+    cfg = trial_cfg(seed=2, data={"labeled_fraction": 0.3}, model={"width": 4},
+                    train={"epochs": 1, "batch_size": 256},
+                    mixup={"mode": mode, "k": 3, "alpha": 0.5, "rampup": 0.5})
+    run, step = _engine(cfg, False)
+    reads: list[str] = []
+    inside = {"on": False}
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist", "__index__"):
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _real=real, _name=name, **k):
+            if inside["on"]:
+                reads.append(_name)
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    real_step = TrainStep._host_step
+    steps = {"n": 0}
+
+    def watched(self, *a, **k):
+        inside["on"] = True
+        try:
+            return real_step(self, *a, **k)
+        finally:
+            inside["on"] = False
+            steps["n"] += 1
+
+    monkeypatch.setattr(TrainStep, "_host_step", watched)
+    losses = step.run_epoch(1, 0)
+    assert steps["n"] == step.steps and losses["train_loss"] > 0
+    assert reads == []
+    inside["on"] = True  # the spy does see a host read
+    float(torch.ones(()))
+    inside["on"] = False
+    assert reads == ["__float__"]
