@@ -249,3 +249,66 @@ def test_no_host_read_inside_a_step(trial_cfg, monkeypatch, mode: str) -> None:
     float(torch.ones(()))
     inside["on"] = False
     assert reads == ["__float__"]
+
+
+def _fake_cuda(monkeypatch, step: TrainStep, fail: bool = False) -> dict[str, int]:
+    """torch.cuda's graph and stream calls replaced by counters; a replay runs the step body
+    eagerly (the control flow of capture and replay, checked without a GPU)."""
+    import contextlib
+
+    counts = {"capture": 0, "replay": 0}
+
+    class Graph:
+        def replay(self) -> None:
+            counts["replay"] += 1
+            step._device_step()
+
+    @contextlib.contextmanager
+    def graph(_g):
+        counts["capture"] += 1
+        if fail:
+            raise RuntimeError("operation not permitted when stream is capturing\nmore")
+        yield
+        step.ctr -= 1  # a real capture records without running: undo the fake's step count
+
+    class Stream:
+        def __init__(self, *_a) -> None:
+            pass
+
+        def wait_stream(self, _s) -> None:
+            pass
+
+    for name, value in {"CUDAGraph": Graph, "graph": graph, "Stream": Stream,
+                        "stream": lambda _s: contextlib.nullcontext(),
+                        "current_stream": lambda *_a: Stream(),
+                        "synchronize": lambda *_a: None}.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    step.graphs = True  # as on a CUDA device with the memory loader
+    return counts
+
+
+def test_graph_is_captured_once_per_trial_not_per_epoch(trial_cfg, monkeypatch) -> None:
+    cfg = trial_cfg(model={"width": 4}, train={"epochs": 3, "batch_size": 256},
+                    mixup={"mode": "unsup", "k": 2, "alpha": 1.0, "rampup": 0.5},
+                    data={"labeled_fraction": 0.3})
+    _, step = _engine(cfg, True)
+    counts = _fake_cuda(monkeypatch, step)
+    for epoch in (1, 2, 3):
+        losses = step.run_epoch(epoch, (epoch - 1) * step.steps)
+        assert losses["train_loss"] > 0
+    assert counts["capture"] == 1 and step.warm == 3  # 3 warm-up steps, then one capture
+    assert counts["replay"] == 3 * step.steps - 3  # every later step of every epoch replays
+    assert int(step.ctr) == step.steps
+
+
+def test_failed_capture_falls_back_to_eager_in_one_line(trial_cfg, monkeypatch) -> None:
+    cfg = trial_cfg(model={"width": 4}, train={"epochs": 2, "batch_size": 256})
+    log: list[str] = []
+    _, step = _engine(cfg, True, log)
+    counts = _fake_cuda(monkeypatch, step, fail=True)
+    for epoch in (1, 2):
+        step.run_epoch(epoch, (epoch - 1) * step.steps)
+    assert counts == {"capture": 1, "replay": 0}  # tried once, never again
+    assert log == ["train.cuda_graphs: capture failed (RuntimeError: operation not permitted "
+                   "when stream is capturing); running the step eagerly"]
+    assert int(step.ctr) == step.steps  # every step of the epoch ran
