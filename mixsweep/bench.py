@@ -3,9 +3,11 @@
 Each part measures its alternatives in one run and prints them side by side
 with their ratio (benchmarks, not timed tests). Data is CIFAR-shaped and
 synthetic (3x32x32 uint8, 10 classes, pad 4, flips), so a fresh clone needs
-no download. Trainer and nonlinearity timings on CPU train a few steps and
-extrapolate per image to a 50k-image CIFAR epoch (the method is in the
-output). GPU parts (``bench_gpu.py``) run only where CUDA is present.
+no download. Trainer and nonlinearity timings on CPU train a few steps of the trial's
+own step (``engine``: ``trial._Run`` + ``step.TrainStep``) and extrapolate
+per image to a 50k-image CIFAR epoch (the method is in the output). The GPU
+part (``bench_gpu.py``) runs where CUDA is present; with ``--quick`` and no
+CUDA it runs the same code on the CPU as a smoke test.
 
 Ray is imported only inside ``scheduler()`` (a measurement of Ray Tune
 itself); the sweep integration is ``tune.py``.
@@ -24,7 +26,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from mixsweep.data.datasets import ArrayDataset, synthetic
 from mixsweep.data.ffcv_loader import ffcv_available, prepare
@@ -121,50 +122,57 @@ def loader(quick: bool, log: Log, device: torch.device | None = None) -> dict[st
     return out
 
 
-def train_steps(model, ld, steps: int, device: torch.device, opt=None) -> tuple[float, float, int]:
-    """(total seconds, seconds waiting for the loader, images) over ``steps`` SGD steps."""
-    opt = opt or torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    model.train()
-    it = iter(ld.epoch(1))
-    total = wait = 0.0
-    n = 0
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        b = next(it)
-        _sync(device)
-        t1 = time.perf_counter()
-        loss = F.cross_entropy(model(b.x), b.y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        _sync(device)
-        t2 = time.perf_counter()
-        total, wait, n = total + t2 - t0, wait + t1 - t0, n + len(b.y)
-    return total, wait, n
+def engine(data: ArrayDataset, device: torch.device, *, arch: str, batch: int, loader: str = "memory",
+           ffcv_dir: str | None = None, bf16: bool = False, cuda_graphs: bool = False):
+    """The trial's own engine (``trial._Run``: model, optimizer, loader, ``step.TrainStep``)
+    on ``data``: what ``mixsweep trial`` runs, erm, SGD at its defaults."""
+    from mixsweep.spec import TrialConfig
+    from mixsweep.trial import _Run
+
+    cfg = TrialConfig(
+        data={"dataset": "cifar10", "loader": loader, **({"ffcv_dir": ffcv_dir} if ffcv_dir else {})},
+        model={"arch": arch},
+        train={"batch_size": batch, "epochs": 2, "device": device.type,
+               "precision": "bf16" if bf16 else "fp32", "channels_last": bf16,
+               "cuda_graphs": cuda_graphs},
+        linearity={"probes": 2},
+    )
+    return _Run(cfg, device, data=data)
 
 
 def trainer(quick: bool, log: Log) -> dict[str, Any]:
-    """A few SGD steps of cnn / resnet18 per loader; per-image time x 50k = epoch estimate."""
+    """The trial's step (``engine``) with cnn / resnet18 per loader for a few steps; per-image
+    time x 50k = epoch estimate; the loader's share: the loader alone over the same steps."""
     sz, device = SIZES[quick], torch.device("cpu")
     data = cifar_like(sz["images"])
     out: dict[str, Any] = {"batch": sz["train_batch"], "steps": sz["train_steps"],
-                           "method": f"time {sz['train_steps']} steps after 1 warm-up step; "
-                                     f"epoch_seconds = seconds per image x {CIFAR_EPOCH}"}
+                           "method": f"the trial's step (trial._Run.train_epoch): {sz['train_steps']} "
+                                     f"steps after 1 warm-up step; epoch_seconds = seconds per image "
+                                     f"x {CIFAR_EPOCH}; loader_share = the loader alone over the "
+                                     f"same steps / the training time"}
     with tempfile.TemporaryDirectory() as tmp:
         ffcv_dir = _ffcv_dir(data, tmp, out)
-        for kind, ld in _loaders(data, sz["train_batch"], device, ffcv_dir):
-            next(iter(ld.epoch(0)))  # start workers / compile outside the timing
+        kinds = ["memory", "torch"] + (["ffcv"] if ffcv_dir else [])
+        for kind in kinds:
             for arch in ("cnn", "resnet18"):
-                torch.manual_seed(0)
-                model = build_model(arch, 3, 10, 32)
-                train_steps(model, ld, 1, device)  # warm-up step
-                total, wait, n = train_steps(model, ld, sz["train_steps"][arch], device)
+                run = engine(data, device, arch=arch, batch=sz["train_batch"], loader=kind,
+                             ffcv_dir=ffcv_dir)
+                steps = sz["train_steps"][arch]
+                run.train_epoch(0, limit=1)  # warm-up: workers start, numba compiles
+                t = time.perf_counter()
+                run.train_epoch(1, limit=steps)
+                total = time.perf_counter() - t
+                t = time.perf_counter()
+                for _ in zip(range(steps), run.loader.epoch(2), strict=False):
+                    pass
+                wait = time.perf_counter() - t
+                n = steps * sz["train_batch"]
                 key = f"{arch}_{kind}"
                 out[f"{key}_images_per_s"] = round(n / total, 1)
                 out[f"{key}_epoch_seconds_est"] = round(total / n * CIFAR_EPOCH, 1)
-                out[f"{key}_loader_share"] = round(wait / total, 4)
+                out[f"{key}_loader_share"] = round(min(wait / total, 1.0), 4)
                 log(f"trainer {key}: {n / total:.1f} images/s, loader share {wait / total:.2%}")
-            del ld
+                del run
     for arch in ("cnn", "resnet18"):
         out[f"ratio_{arch}_memory_vs_torch"] = round(
             out[f"{arch}_memory_images_per_s"] / out[f"{arch}_torch_images_per_s"], 2)
@@ -252,12 +260,14 @@ def run_bench(quick: bool = False, parts: list[str] | None = None, log: Log = pr
     if "scheduler" in parts:
         res["scheduler"] = scheduler(quick, log)
     if "gpu" in parts:
-        if torch.cuda.is_available():
-            from mixsweep.bench_gpu import gpu_bench
+        from mixsweep.bench_gpu import gpu_bench
 
+        if torch.cuda.is_available():
             res["gpu"] = gpu_bench(quick, log)
+        elif quick:  # the same code on the CPU, tiny: a smoke test, not a measurement
+            res["gpu"] = gpu_bench(quick, log, torch.device("cpu"))
         else:
-            res["gpu"] = {"skipped": "no CUDA device visible"}
+            res["gpu"] = {"skipped": "no CUDA device visible (--quick runs a CPU smoke of this part)"}
     res["bench_seconds"] = round(time.perf_counter() - t0, 1)
     return res
 

@@ -1,13 +1,23 @@
-"""GPU parts of ``mixsweep bench`` (run only where CUDA is present).
+"""The ``gpu`` part of ``mixsweep bench``: the trial's own step against a bare loop.
 
-1. resnet18 on a CIFAR-10-sized epoch (50k synthetic 3x32x32 images, batch
-   512, memory loader): fp32, bf16 + channels_last, and bf16 + channels_last
-   + torch.compile; images/s, epoch seconds, the loader's share of the epoch
-   (the loader's own epoch time / the training epoch time) and GPU
-   utilization sampled by nvidia-smi during the timed epoch.
-2. Packing: 1, 2, 4 trials per GPU (Ray Tune, fractional ``gpu`` resources),
-   each training the same model; aggregate images/s = all images / (last
-   end - first start) of the timed windows.
+Every timed run except the bare baseline is the trial's engine (``trial._Run``
++ ``step.TrainStep``: the step ``mixsweep trial`` runs), on CIFAR-shaped
+synthetic data, resnet18, bf16 + channels_last, memory loader. It prints the
+ratios of issue 13:
+
+1. ``epoch``: the engine vs a bare loop (the minimal SGD loop below, kept bare
+   on purpose as the reference) at batch 512, one CIFAR-sized epoch each:
+   ``ratio_engine_vs_bare``.
+2. ``small_batch``: one trial at batch 128, ``train.cuda_graphs`` on vs off:
+   ``ratio_graphs_vs_eager``.
+3. ``packing``: 1, 2, 4 graphed trials at batch 128 per GPU (Ray Tune,
+   fractional ``gpu`` resources); aggregate images/s = all images / (last end
+   - first start) of the timed epochs; ``ratio_best_vs_one_eager`` divides the
+   best by the eager trial of part 2.
+
+Without CUDA, ``--quick`` runs the same code on the CPU with tiny sizes and
+the small ``cnn`` (a smoke test of this code, not a measurement: graphs fall
+back to eager there, so the ratios are about 1).
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mixsweep.bench import CIFAR_EPOCH, Log, cifar_like
+from mixsweep.bench import CIFAR_EPOCH, Log, cifar_like, engine
 from mixsweep.data.loaders import make_loader
 from mixsweep.data.split import labeled_split
 from mixsweep.models import build_model
@@ -63,110 +73,154 @@ class Utilization:
         return round(sum(self.samples) / len(self.samples), 1) if self.samples else None
 
 
-def _setup(images: int, batch: int, device: torch.device, bf16: bool, cl: bool, compile_: bool):
+def _sizes(quick: bool, device: torch.device) -> dict[str, Any]:
+    if device.type != "cuda":  # the CPU smoke: the same code, tiny
+        return {"images": 128, "big": 32, "small": 16, "arch": "cnn", "pack": (1, 2), "bf16": False}
+    return {"images": 4096 if quick else CIFAR_EPOCH, "big": 512, "small": 128, "arch": "resnet18",
+            "pack": (1, 2, 4), "bf16": True}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_loop(images: int, batch: int, device: torch.device, arch: str, bf16: bool):
+    """The reference: a minimal SGD loop over the memory loader (no mixup, no EMA, no tracking)."""
     data = cifar_like(images)
     ld = make_loader("memory", data, labeled_split(data.train_y, 1.0, 0), batch, device,
                      augment=True, unlabeled=False, seed=0)
     torch.manual_seed(0)
-    model = build_model("resnet18", 3, 10, 32).to(device)
+    model = build_model(arch, 3, 10, 32).to(device)
+    cl = bf16  # channels_last with bf16 (the GPU setting)
     if cl:
         model = model.to(memory_format=torch.channels_last)
-    fwd = torch.compile(model) if compile_ else model
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     amp = torch.autocast(device.type, torch.bfloat16, enabled=bf16)
 
-    def epoch(e: int, steps: int | None = None) -> int:
+    def epoch(e: int) -> int:
         n = 0
-        for i, b in enumerate(ld.epoch(e)):
-            if steps is not None and i >= steps:
-                break
+        for b in ld.epoch(e):
             x = b.x.contiguous(memory_format=torch.channels_last) if cl else b.x
             with amp:
-                loss = F.cross_entropy(fwd(x).float(), b.y)
+                loss = F.cross_entropy(model(x).float(), b.y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             n += len(b.y)
         return n
 
-    return ld, epoch
+    return epoch
 
 
-def epoch_time(quick: bool, log: Log, device: torch.device) -> dict[str, Any]:
-    images, batch = (4096, 256) if quick else (CIFAR_EPOCH, 512)
-    out: dict[str, Any] = {"images": images, "batch": batch, "model": "resnet18"}
-    variants = {"fp32": (False, False, False), "bf16_cl": (True, True, False),
-                "bf16_cl_compile": (True, True, True)}
-    for name, (bf16, cl, comp) in variants.items():
-        ld, epoch = _setup(images, batch, device, bf16, cl, comp)
-        epoch(0)  # warm-up (compile, cudnn autotune)
-        torch.cuda.synchronize(device)
-        with Utilization(device.index or 0) as util:
-            t = time.perf_counter()
-            n = epoch(1)
-            torch.cuda.synchronize(device)
-            sec = time.perf_counter() - t
+def _rate_bare(sz: dict[str, Any], batch: int, device: torch.device) -> tuple[float, float | None]:
+    epoch = bare_loop(sz["images"], batch, device, sz["arch"], sz["bf16"])
+    epoch(0)  # warm-up (cudnn autotune, allocator)
+    _sync(device)
+    with Utilization(device.index or 0) if device.type == "cuda" else contextlib.nullcontext() as u:
         t = time.perf_counter()
-        for _ in ld.epoch(2):
-            pass
-        torch.cuda.synchronize(device)
-        load_s = time.perf_counter() - t
-        out[name] = {"images_per_s": round(n / sec), "epoch_seconds": round(sec, 2),
-                     "loader_share": round(load_s / sec, 4), "gpu_util_percent": util.mean}
-        log(f"gpu epoch {name}: {n / sec:.0f} images/s, loader {load_s / sec:.1%}, util {util.mean}")
-    best = max(variants, key=lambda k: out[k]["images_per_s"])
-    out["best"] = best
-    out["ratio_best_vs_fp32"] = round(out[best]["images_per_s"] / out["fp32"]["images_per_s"], 2)
+        n = epoch(1)
+        _sync(device)
+        sec = time.perf_counter() - t
+    return n / sec, (u.mean if u is not None else None)
+
+
+def _rate_engine(sz: dict[str, Any], batch: int, device: torch.device, graphs: bool) -> float:
+    run = engine(cifar_like(sz["images"]), device, arch=sz["arch"], batch=batch,
+                 bf16=sz["bf16"], cuda_graphs=graphs)
+    run.train_epoch(0)  # warm-up; with graphs: the eager warm-up steps and the one capture
+    before = run.train_seconds
+    run.train_epoch(1)  # train_seconds: the epoch up to its final sync, as a trial records it
+    return run.steps_per_epoch * batch / (run.train_seconds - before)
+
+
+def epoch_time(sz: dict[str, Any], log: Log, device: torch.device) -> dict[str, Any]:
+    b = sz["big"]
+    bare, util = _rate_bare(sz, b, device)
+    eng = _rate_engine(sz, b, device, graphs=False)
+    out = {"images": sz["images"], "batch": b, "model": sz["arch"],
+           "bare_images_per_s": round(bare), "bare_gpu_util_percent": util,
+           "engine_images_per_s": round(eng), "ratio_engine_vs_bare": round(eng / bare, 3)}
+    log(f"gpu batch {b}: bare {bare:.0f} images/s, engine {eng:.0f} images/s "
+        f"(ratio {eng / bare:.3f})")
+    return out
+
+
+def small_batch(sz: dict[str, Any], log: Log, device: torch.device) -> dict[str, Any]:
+    b = sz["small"]
+    eager = _rate_engine(sz, b, device, graphs=False)
+    graphed = _rate_engine(sz, b, device, graphs=True)
+    out = {"images": sz["images"], "batch": b, "model": sz["arch"],
+           "eager_images_per_s": round(eager), "cuda_graphs_images_per_s": round(graphed),
+           "ratio_graphs_vs_eager": round(graphed / eager, 3)}
+    log(f"gpu batch {b}: eager {eager:.0f}, cuda_graphs {graphed:.0f} images/s "
+        f"(ratio {graphed / eager:.3f})")
     return out
 
 
 def _pack_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
-    device = torch.device("cuda")
-    _, epoch = _setup(config["images"], config["batch"], device, True, True, False)
-    epoch(0, steps=5)  # warm-up
-    torch.cuda.synchronize(device)
+    sz = config["sizes"]
+    device = torch.device("cuda" if config["cuda"] else "cpu")
+    run = engine(cifar_like(sz["images"]), device, arch=sz["arch"], batch=sz["small"],
+                 bf16=sz["bf16"], cuda_graphs=True)
+    run.train_epoch(0)  # warm-up and capture
     t0 = time.time()
-    n = epoch(1)
-    torch.cuda.synchronize(device)
-    tune.report({"images": n, "t0": t0, "t1": time.time()})
+    run.train_epoch(1)
+    tune.report({"images": run.steps_per_epoch * sz["small"], "t0": t0, "t1": time.time()})
 
 
-def packing(quick: bool, log: Log) -> dict[str, Any]:
+def packing(sz: dict[str, Any], log: Log, device: torch.device, one_eager: float) -> dict[str, Any]:
     import ray
     from ray import tune
 
-    images, batch = (4096, 256) if quick else (20_000, 512)
-    out: dict[str, Any] = {"images_per_trial": images, "batch": batch,
-                           "setup": "resnet18 bf16 + channels_last, memory loader"}
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    cuda = device.type == "cuda"
+    out: dict[str, Any] = {"images_per_trial": sz["images"], "batch": sz["small"],
+                           "setup": f"{sz['arch']}, train.cuda_graphs, memory loader"}
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+             **({} if cuda else {"num_cpus": max(sz["pack"])}))
     try:
-        for k in (1, 2, 4):
+        for k in sz["pack"]:
             with tempfile.TemporaryDirectory() as tmp:
-                trainable = tune.with_resources(_pack_trial, {"cpu": 1, "gpu": 1 / k})
-                space = {"images": images, "batch": batch, "i": tune.grid_search(list(range(k)))}
+                res = {"cpu": 1, "gpu": 1 / k} if cuda else {"cpu": 1}
+                trainable = tune.with_resources(_pack_trial, res)
+                space = {"sizes": {**sz, "pack": list(sz["pack"])}, "cuda": cuda,
+                         "i": tune.grid_search(list(range(k)))}
                 with contextlib.redirect_stdout(sys.stderr):  # keep stdout pure JSON
-                    res = tune.Tuner(trainable, param_space=space, run_config=tune.RunConfig(
+                    results = tune.Tuner(trainable, param_space=space, run_config=tune.RunConfig(
                         storage_path=tmp, name=f"pack{k}", verbose=0)).fit()
-                rows = [r.metrics for r in res if r.error is None]
+                rows = [r.metrics for r in results if r.error is None]
             if len(rows) < k:
                 out[f"trials_{k}"] = {"error": f"{k - len(rows)} of {k} trials failed"}
                 continue
             span = max(r["t1"] for r in rows) - min(r["t0"] for r in rows)
             agg = sum(r["images"] for r in rows) / span
             out[f"trials_{k}"] = {"aggregate_images_per_s": round(agg)}
-            log(f"gpu packing {k} per GPU: {agg:.0f} images/s aggregate")
+            log(f"gpu packing {k} per {'GPU' if cuda else 'CPU run'}: {agg:.0f} images/s aggregate")
     finally:
         ray.shutdown()
-    base = out["trials_1"].get("aggregate_images_per_s")
-    for k in (2, 4):
-        if base and "aggregate_images_per_s" in out[f"trials_{k}"]:
-            out[f"ratio_{k}_vs_1"] = round(out[f"trials_{k}"]["aggregate_images_per_s"] / base, 2)
+    aggs = {k: out[f"trials_{k}"]["aggregate_images_per_s"] for k in sz["pack"]
+            if "aggregate_images_per_s" in out[f"trials_{k}"]}
+    if aggs:
+        best = max(aggs, key=aggs.get)
+        out["best_trials_per_gpu"] = best
+        out["ratio_best_vs_one_eager"] = round(aggs[best] / one_eager, 3)
     return out
 
 
-def gpu_bench(quick: bool, log: Log) -> dict[str, Any]:
-    device = torch.device("cuda", torch.cuda.current_device())
-    return {"device": torch.cuda.get_device_name(device),
-            "epoch": epoch_time(quick, log, device), "packing": packing(quick, log)}
+def gpu_bench(quick: bool, log: Log, device: torch.device | None = None) -> dict[str, Any]:
+    """The three parts on ``device`` (default: the current CUDA device)."""
+    device = device or torch.device("cuda", torch.cuda.current_device())
+    sz = _sizes(quick, device)
+    out: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": "bf16 + channels_last" if sz["bf16"] else "fp32",
+    }
+    if device.type != "cuda":
+        out["note"] = ("CPU smoke of the GPU part (no CUDA device): tiny sizes, cnn, "
+                       "graphs fall back to eager; not a measurement")
+    out["epoch"] = epoch_time(sz, log, device)
+    out["small_batch"] = small_batch(sz, log, device)
+    out["packing"] = packing(sz, log, device, out["small_batch"]["eager_images_per_s"])
+    return out

@@ -22,7 +22,9 @@ MODES = ("erm", "sup", "unsup", "both", "mt")
 
 
 def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return F.one_hot(y, num_classes).to(dtype)
+    """(B, classes) one-hot rows; a scatter (``F.one_hot`` range-checks its input: a host sync on GPU)."""
+    out = torch.zeros((y.shape[0], num_classes), dtype=dtype, device=y.device)
+    return out.scatter_(1, y.view(-1, 1), 1.0)
 
 
 def dirichlet_weights(n: int, k: int, alpha: float, generator: torch.Generator) -> torch.Tensor:
@@ -38,6 +40,37 @@ def dirichlet_weights(n: int, k: int, alpha: float, generator: torch.Generator) 
     seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
     lam = np.random.default_rng(seed).dirichlet(np.full(k, float(alpha)), size=n)
     return torch.from_numpy(lam)
+
+
+def mix_draw(
+    b: int, k: int, alpha: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The randomness of one k-point mixup of ``b`` examples, drawn from ``generator``.
+
+    Returns ``(lam, perms)``: ``lam`` (b, k) float64 Dirichlet weights,
+    ``perms`` (k, b) int64 with ``perms[0]`` the identity and the others
+    independent random permutations. It depends on the batch size only, so a
+    whole epoch can be drawn up front (``mixsweep.step``).
+    """
+    lam = dirichlet_weights(b, k, alpha, generator)
+    perms = torch.stack(
+        [torch.arange(b)] + [torch.randperm(b, generator=generator) for _ in range(k - 1)]
+    )
+    return lam, perms
+
+
+def mix_apply(
+    x: torch.Tensor, y_onehot: torch.Tensor, lam: torch.Tensor, perms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_mix_i = sum_j lam_ij x[perms_j[i]], y_mix likewise (pure tensor ops, no host sync)."""
+    b, k = lam.shape
+    perms = perms.to(x.device)
+    w = lam.to(device=x.device, dtype=x.dtype)
+    wy = lam.to(device=y_onehot.device, dtype=y_onehot.dtype)
+    view_x = (b,) + (1,) * (x.dim() - 1)
+    x_mix = sum(w[:, j].view(view_x) * x[perms[j]] for j in range(k))
+    y_mix = sum(wy[:, j, None] * y_onehot[perms[j]] for j in range(k))
+    return x_mix, y_mix
 
 
 def mix_batch(
@@ -58,17 +91,9 @@ def mix_batch(
         y_mix likewise; ``lam`` (B, k) float64 as sampled; ``perms`` (k, B) with
         ``perms[0]`` the identity and the others independent random permutations.
     """
-    b = x.shape[0]
-    lam = dirichlet_weights(b, k, alpha, generator)
-    perms = torch.stack(
-        [torch.arange(b)] + [torch.randperm(b, generator=generator) for _ in range(k - 1)]
-    ).to(x.device)
-    w = lam.to(device=x.device, dtype=x.dtype)
-    wy = lam.to(device=y_onehot.device, dtype=y_onehot.dtype)
-    view_x = (b,) + (1,) * (x.dim() - 1)
-    x_mix = sum(w[:, j].view(view_x) * x[perms[j]] for j in range(k))
-    y_mix = sum(wy[:, j, None] * y_onehot[perms[j]] for j in range(k))
-    return x_mix, y_mix, lam.to(x.device), perms
+    lam, perms = mix_draw(x.shape[0], k, alpha, generator)
+    x_mix, y_mix = mix_apply(x, y_onehot, lam, perms)
+    return x_mix, y_mix, lam.to(x.device), perms.to(x.device)
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -94,12 +119,25 @@ def rampup(progress: float, length: float) -> float:
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
-    """teacher <- decay * teacher + (1 - decay) * student; buffers (BN stats) copied."""
-    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
-        t.lerp_(s.detach(), 1.0 - decay)
-    for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
-        t.copy_(s)
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float | torch.Tensor) -> None:
+    """teacher <- decay * teacher + (1 - decay) * student; buffers (BN stats) copied.
+
+    Fused over all tensors (``torch._foreach_*``: a few kernels, not two per
+    tensor). ``decay`` may be a 0-d device tensor (a captured CUDA graph reads
+    it each replay); a float gives exactly the per-tensor ``lerp_`` results.
+    """
+    tp, sp = list(teacher.parameters()), [s.detach() for s in student.parameters()]
+    if len(tp) != len(sp):
+        raise ValueError("teacher and student differ in their parameters")
+    if isinstance(decay, torch.Tensor):
+        diff = torch._foreach_sub(sp, tp)
+        torch._foreach_mul_(diff, (1.0 - decay).to(tp[0].dtype))
+        torch._foreach_add_(tp, diff)
+    else:
+        torch._foreach_lerp_(tp, sp, 1.0 - decay)
+    tb, sb = list(teacher.buffers()), list(student.buffers())
+    if tb:
+        torch._foreach_copy_(tb, sb)
 
 
 def mixup_losses(
@@ -113,17 +151,22 @@ def mixup_losses(
     *,
     k: int | None,
     alpha: float | None,
-    unsup_weight: float,
-    generator: torch.Generator,
+    unsup_weight: float | torch.Tensor,
+    generator: torch.Generator | None,
+    mix_sup: tuple[torch.Tensor, torch.Tensor] | None = None,
+    mix_unsup: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The losses of one step. Returns ``{"loss", "sup", "unsup"}`` (unsup is 0 where unused).
 
     ``unsup_weight`` is the consistency weight already multiplied by the ramp.
+    ``mix_sup`` / ``mix_unsup``: ``(lam, perms)`` drawn up front (``mix_draw``);
+    where given, ``generator`` is not used for that mix.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mixup mode {mode!r}; allowed: {', '.join(MODES)}")
     if mode in ("sup", "both"):
-        xm, ym, _, _ = mix_batch(x, one_hot(y, num_classes, x.dtype), k, alpha, generator)
+        mix = mix_sup if mix_sup is not None else mix_draw(x.shape[0], k, alpha, generator)
+        xm, ym = mix_apply(x, one_hot(y, num_classes, x.dtype), *mix)
         sup = soft_cross_entropy(student(xm), ym)
     else:
         sup = F.cross_entropy(student(x).float(), y)
@@ -136,6 +179,7 @@ def mixup_losses(
         if mode == "mt":  # the control: same teacher, ramp and loss, no mixing
             unsup = consistency_mse(student(xu), p_teacher)
         else:
-            xum, target, _, _ = mix_batch(xu, p_teacher, k, alpha, generator)
+            mix = mix_unsup if mix_unsup is not None else mix_draw(xu.shape[0], k, alpha, generator)
+            xum, target = mix_apply(xu, p_teacher, *mix)
             unsup = consistency_mse(student(xum), target)
     return {"loss": sup + unsup_weight * unsup, "sup": sup.detach(), "unsup": unsup.detach()}

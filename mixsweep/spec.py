@@ -116,6 +116,7 @@ class TrainConfig(_Frozen):
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (GPU)
     channels_last: bool = False  # GPU memory format
     compile: bool = False  # torch.compile the model
+    cuda_graphs: bool = False  # capture the whole step once as a CUDA graph (CUDA, memory loader)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # environment, not identity
     eval_batch_size: Annotated[int, Field(ge=1)] = 1024  # environment, not identity
     epoch_seconds_hint: Annotated[float, Field(gt=0)] | None = None  # for --dry-run estimates
@@ -153,6 +154,7 @@ _NOT_IDENTITY = {
 _ADDED_LATER: dict[str, dict[str, Any]] = {
     "model": {"depth": 4, "batchnorm": True},
     "data": {"num_labels": None},
+    "train": {"cuda_graphs": False},
 }
 
 

@@ -25,21 +25,18 @@ from typing import Any
 import torch
 
 from mixsweep import __version__
-from mixsweep.data import load_dataset, make_loader
+from mixsweep.data import ArrayDataset, load_dataset, make_loader
 from mixsweep.data.ffcv_loader import resolve_ffcv_dir
-from mixsweep.data.loaders import Normalize, epoch_generator, eval_batches
+from mixsweep.data.loaders import Normalize, eval_batches
 from mixsweep.data.split import labeled_split
 from mixsweep.linearity import layer_stats, probe_set
-from mixsweep.mixup import ema_decay, ema_update, mixup_losses, rampup
+from mixsweep.mixup import mixup_losses
 from mixsweep.models import build_model
 from mixsweep.spec import CONSISTENCY_MODES, TrialConfig
+from mixsweep.step import TrainStep, TrialFailed
 from mixsweep.store import TrialPaths, atomic_torch_save, atomic_write_json
 
 Report = Callable[[dict[str, Any]], None]
-
-
-class TrialFailed(RuntimeError):
-    """The trial cannot go on (non-finite loss); the reason names epoch and step."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,9 +106,11 @@ def provenance(device: torch.device) -> dict[str, Any]:
 class _Run:
     """The state of one trial while it trains (kept off the public surface)."""
 
-    def __init__(self, cfg: TrialConfig, device: torch.device):
+    def __init__(self, cfg: TrialConfig, device: torch.device, data: ArrayDataset | None = None):
         self.cfg, self.device = cfg, device
-        self.data = load_dataset(cfg.data.dataset, cfg.data.root, cfg.data.download)
+        # data: given by ``mixsweep bench`` (synthetic); a trial reads its dataset
+        self.data = data if data is not None else load_dataset(cfg.data.dataset, cfg.data.root,
+                                                               cfg.data.download)
         c, h, _ = self.data.shape
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
@@ -131,6 +130,9 @@ class _Run:
             cfg.data.loader, self.data, split, cfg.train.batch_size, device,
             augment=cfg.data.augment, unlabeled=self.teacher is not None, seed=cfg.seed,
             ffcv_dir=resolve_ffcv_dir(cfg.data.ffcv_dir, cfg.data.root, cfg.data.dataset),
+            # the torch loader's workers: the threads this trial was given (tune.py sets them
+            # to resources.cpus_per_trial), not one per core of the node
+            num_workers=torch.get_num_threads(),
         )
         self.steps_per_epoch = self.loader.steps_per_epoch
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
@@ -175,44 +177,33 @@ class _Run:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        cfg, m = self.cfg, self.cfg.mixup
-        self.model.train()
-        if self.teacher is not None:
-            self.teacher.train()
-        g = epoch_generator(cfg.seed, epoch, stream=2)
-        amp = torch.autocast(self.device.type, torch.bfloat16, enabled=cfg.train.precision == "bf16")
-        sums = {"loss": 0.0, "sup": 0.0, "unsup": 0.0}
+    def trainer(self) -> TrainStep:
+        """The training step of this run (built on first use, after a checkpoint was loaded)."""
+        if getattr(self, "_trainer", None) is None:
+            self._trainer = TrainStep(
+                model=self.model, forward=self.forward, teacher=self.teacher, opt=self.opt,
+                sched=self.sched, loader=self.loader, cfg=self.cfg,
+                num_classes=self.data.num_classes, total_steps=self.total_steps,
+                device=self.device, loss_fn=mixup_losses,
+            )
+        return self._trainer
+
+    def train_epoch(self, epoch: int, limit: int | None = None) -> dict[str, float]:
+        """One epoch of ``mixsweep.step.TrainStep`` (no per-step host sync); the mean losses.
+
+        ``limit``: only the first steps of the epoch (``mixsweep bench``; never in a trial).
+        """
         start = time.perf_counter()
-        for i, batch in enumerate(self.loader.epoch(epoch)):
-            weight = 0.0
-            if self.teacher is not None:
-                weight = m.unsup_weight * rampup(self.step / self.total_steps, m.rampup)
-            with amp:
-                losses = mixup_losses(
-                    m.mode, self.forward, self.teacher, self._x(batch.x), batch.y, self._x(batch.xu),
-                    self.data.num_classes, k=m.k, alpha=m.alpha, unsup_weight=weight, generator=g,
-                )
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise TrialFailed(
-                    f"non-finite loss ({float(loss.detach())}) at epoch {epoch} step {i + 1} "
-                    f"(global step {self.step + 1})"
-                )
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            self.sched.step()
-            if self.teacher is not None:
-                ema_update(self.teacher, self.model, ema_decay(self.step, m.ema_max_decay))
-            self.step += 1
-            for k in sums:
-                sums[k] += float(losses[k].detach())
+        try:
+            losses = self.trainer().run_epoch(epoch, self.step, limit)
+        except TrialFailed as err:
+            self.step += getattr(err, "steps_done", 0)
+            raise
+        self.step += self.steps_per_epoch if limit is None else min(limit, self.steps_per_epoch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.train_seconds += time.perf_counter() - start
-        n = self.steps_per_epoch
-        return {f"train_{k}": v / n for k, v in sums.items()}
+        return losses
 
     def measure(self) -> dict[str, dict[str, float]]:
         lin = self.cfg.linearity

@@ -29,6 +29,23 @@ def test_bench_unknown_part_exits_2():
     assert res.exit_code == 2 and "disk" in res.output
 
 
+def test_bench_gpu_part_cpu_smoke():
+    """Without CUDA, `--quick --only gpu` runs the GPU part's code (the trial's engine, the bare
+    loop, cuda_graphs falling back to eager, packing through Ray) on the CPU, tiny."""
+    res = CliRunner().invoke(app, ["bench", "--json", "--quick", "--only", "gpu"])
+    assert res.exit_code == 0, res.output
+    gpu = json.loads(res.stdout)["gpu"]
+    if gpu["device"] == "cpu":
+        assert "CPU smoke" in gpu["note"]
+        assert "train.cuda_graphs: no CUDA device" in res.stderr
+    ep, small, pack = gpu["epoch"], gpu["small_batch"], gpu["packing"]
+    assert ep["ratio_engine_vs_bare"] == pytest.approx(
+        ep["engine_images_per_s"] / ep["bare_images_per_s"], rel=0.05)
+    assert small["eager_images_per_s"] > 0 and small["ratio_graphs_vs_eager"] > 0
+    assert pack["trials_1"]["aggregate_images_per_s"] > 0
+    assert pack["ratio_best_vs_one_eager"] > 0 and pack["best_trials_per_gpu"] in (1, 2, 4)
+
+
 @pytest.mark.slow
 def test_bench_quick_all_parts_prints_json_with_ratios():
     env = {**os.environ, "WANDB_MODE": "offline", "RAY_USAGE_STATS_ENABLED": "0"}

@@ -3,18 +3,31 @@
 Every dataset becomes an ``ArrayDataset``: uint8 images (N, C, H, W) and int64
 labels for train and test, plus the normalisation and augmentation it needs.
 Loaders turn it into per-step batches on the training device.
+
+The names are imported on first use: ``mixsweep --help``, ``status`` and
+``launch --dry-run`` import this package (for ``DataError``) without torch.
 """
 
-from mixsweep.data.datasets import ArrayDataset, DataError, load_dataset
-from mixsweep.data.loaders import Batch, make_loader
-from mixsweep.data.split import Split, labeled_split
+from __future__ import annotations
 
-__all__ = [
-    "ArrayDataset",
-    "Batch",
-    "DataError",
-    "Split",
-    "labeled_split",
-    "load_dataset",
-    "make_loader",
-]
+import importlib
+from typing import Any
+
+from mixsweep.data.errors import DataError
+
+_WHERE = {
+    "ArrayDataset": "mixsweep.data.datasets",
+    "load_dataset": "mixsweep.data.datasets",
+    "Batch": "mixsweep.data.loaders",
+    "make_loader": "mixsweep.data.loaders",
+    "Split": "mixsweep.data.split",
+    "labeled_split": "mixsweep.data.split",
+}
+
+__all__ = ["ArrayDataset", "Batch", "DataError", "Split", "labeled_split", "load_dataset", "make_loader"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'mixsweep.data' has no attribute {name!r}")

@@ -139,6 +139,46 @@ class MemoryLoader(LoaderBase):
         dy, dx, fl = crop_flip_params(len(idx), self.pad, self.data.flip, g)
         return crop_flip(self.train, dy, dx, fl, self.size, idx=idx)
 
+    def draws(self, epoch: int) -> dict[str, torch.Tensor]:
+        """Epoch ``epoch``'s randomness, drawn up front on the CPU: exactly what
+        ``epoch()`` draws step by step (same generators, same order).
+
+        Keys: ``lab`` / ``unl`` (steps, B) indices; with augmentation
+        ``lab_dy, lab_dx, lab_fl`` (and ``unl_*``) (steps, B) crop offsets and flips.
+        """
+        n, steps = self.steps_per_epoch * self.batch_size, self.steps_per_epoch
+        lab, unl = epoch_streams(self.split, n, self.seed, epoch, self.unlabeled)
+        out = {"lab": lab.view(steps, -1)}
+        if unl is not None:
+            out["unl"] = unl.view(steps, -1)
+        if self.augment:
+            for name, g in (("lab", epoch_generator(self.seed, epoch, 4)),
+                            ("unl", epoch_generator(self.seed, epoch, 5))):
+                if name not in out:
+                    continue
+                dy, dx, fl = zip(*(crop_flip_params(self.batch_size, self.pad, self.data.flip, g)
+                                   for _ in range(steps)), strict=True)
+                out[f"{name}_dy"], out[f"{name}_dx"] = torch.stack(dy), torch.stack(dx)
+                out[f"{name}_fl"] = torch.stack(fl)
+        return out
+
+    def batch_at(self, d: dict[str, torch.Tensor], i: int | torch.Tensor) -> Batch:
+        """Step ``i``'s batch from ``draws`` already on the device; ``i`` may be a
+        1-element device tensor (a step counter read inside a CUDA graph): no host sync."""
+        def pick(key: str) -> torch.Tensor:
+            t = d[key]
+            return t[i] if isinstance(i, int) else t.index_select(0, i).squeeze(0)
+
+        def images(name: str) -> torch.Tensor:
+            idx = pick(name)
+            if not self.augment:
+                return self.train[idx]
+            return crop_flip(self.train, pick(f"{name}_dy"), pick(f"{name}_dx"),
+                             pick(f"{name}_fl"), self.size, idx=idx)
+
+        lab = pick("lab")
+        return Batch(images("lab"), self.labels[lab], images("unl") if "unl" in d else None)
+
     def epoch(self, epoch: int) -> Iterator[Batch]:
         n, steps = self.steps_per_epoch * self.batch_size, self.steps_per_epoch
         lab, unl = epoch_streams(self.split, n, self.seed, epoch, self.unlabeled)
