@@ -560,9 +560,10 @@ def _format_errors(err: ValidationError, root: type[BaseModel]) -> list[str]:
         shown = f" (got {value!r})" if not isinstance(value, dict | list) and e["type"] != "missing" else ""
         lines.append(f"{where or '<top>'}: {msg}{shown}")
     # a union key with a deeper error (a bad map entry) needs no "not a number" line too
+    # (an unknown-key line names its section, not a value: it always stays)
     keys = [line.split(":", 1)[0] for line in lines]
     lines = [ln for ln, k in zip(lines, keys, strict=True)
-             if not any(o.startswith((k + ".", k + "[")) for o in keys)]
+             if ": unknown key " in ln or not any(o.startswith((k + ".", k + "[")) for o in keys)]
     return list(dict.fromkeys(lines))
 
 
@@ -572,7 +573,7 @@ def _format_errors(err: ValidationError, root: type[BaseModel]) -> list[str]:
 MAX_GRID = 100_000
 LARGE_SWEEP = 1_000
 MAX_FILE_BYTES = 1_000_000  # a sweep file is a page of YAML
-MAX_ALIASES = 100  # YAML aliases (*name) in one file: enough for reuse, no "billion laughs"
+MAX_VALUES = 100_000  # values a file may stand for with its aliases copied out: no "billion laughs"
 
 
 def grid_size(spec: SweepSpec) -> int:
@@ -612,18 +613,35 @@ class _Problem(Exception):
         self.problem, self.problem_mark = problem, mark
 
 
+def _expanded_size(node: yaml.Node, limit: int) -> int:
+    """How many values a YAML node stands for once its aliases are copied out (stops past
+    ``limit``): what a "billion laughs" file blows up to in any code that walks it."""
+    memo: dict[int, int] = {}
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in memo:
+            return memo[id(n)]
+        memo[id(n)] = limit + 1  # a cycle counts as too large
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            total += sum(size(c) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in n.value)
+        memo[id(n)] = min(total, limit + 1)
+        return memo[id(n)]
+
+    return size(node)
+
+
 class _Loader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses duplicate keys and more than MAX_ALIASES aliases."""
+    """yaml.SafeLoader that refuses duplicate keys and alias bombs."""
 
-    aliases = 0
-
-    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
-        if self.check_event(yaml.AliasEvent):
-            self.aliases += 1
-            if self.aliases > MAX_ALIASES:
-                raise _Problem(f"more than {MAX_ALIASES} aliases (*name); "
-                               "write the values out", self.peek_event().start_mark)
-        return super().compose_node(parent, index)
+    def compose_document(self):  # type: ignore[no-untyped-def]
+        node = super().compose_document()
+        if node is not None and _expanded_size(node, MAX_VALUES) > MAX_VALUES:
+            raise _Problem(f"its aliases (*name) expand to more than {MAX_VALUES} values",
+                           node.start_mark)
+        return node
 
     def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
         seen: set[Any] = set()

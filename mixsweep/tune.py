@@ -28,7 +28,7 @@ from ray import tune
 
 from mixsweep.spec import SweepSpec, TrialConfig
 from mixsweep.store import SweepPaths, atomic_write_json, collect_rows, write_results
-from mixsweep.tracking import TrialRun
+from mixsweep.tracking import TrialRun, usable_mode
 from mixsweep.trial import run_trial
 
 Progress = Callable[[dict[str, int]], None]
@@ -61,7 +61,8 @@ def _trainable(config: dict[str, Any]) -> None:
 
     torch.set_num_threads(torch_threads)
     tracker = TrialRun(
-        trial_id=cfg.trial_id, sweep=config["sweep"], mode=config["wandb_mode"],
+        trial_id=cfg.trial_id, sweep=config["sweep"], sweep_id=config["sweep_id"],
+        mode=config["wandb_mode"],
         config=cfg.flat(), project=config["wandb_project"], entity=config["wandb_entity"],
         root=sweep_root,
     )
@@ -118,12 +119,14 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
+    # include_dashboard=False: no dashboard UI and no HTTP port; Ray still starts its
+    # minimal API process (it binds no port: tests/test_reliability.py checks)
     if address:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
+                 log_to_driver=False, configure_logging=False)
 
 
 def _forward_sigterm() -> Any:
@@ -140,19 +143,34 @@ def run_sweep(
     wandb_mode: str | None = None,
     progress: Progress | None = None,
     num_cpus: int | None = None,
+    say: Callable[[str], None] = print,
 ) -> SweepOutcome:
-    """Run the sweep's unfinished trials on Ray Tune and write the results table."""
-    t0 = time.perf_counter()
+    """Run the sweep's unfinished trials on Ray Tune and write the results table.
+
+    Holds the sweep's lock throughout: a second launch of the same sweep raises SweepLocked.
+    """
     paths = SweepPaths.of(spec.runs_dir, spec.name)
+    with paths.lock():
+        return _run_locked(paths, spec, trials, ray_address=ray_address,
+                           max_concurrent=max_concurrent, wandb_mode=wandb_mode,
+                           progress=progress, num_cpus=num_cpus, say=say)
+
+
+def _run_locked(paths: SweepPaths, spec: SweepSpec, trials: list[TrialConfig], *,
+                ray_address: str | None, max_concurrent: int | None, wandb_mode: str | None,
+                progress: Progress | None, num_cpus: int | None,
+                say: Callable[[str], None]) -> SweepOutcome:
+    t0 = time.perf_counter()
     sweep_root = paths.root.resolve()
     todo = [c for c in trials if not is_finished(paths, c)]
     skipped = len(trials) - len(todo)
     res = spec.resources
     if todo:
+        mode = usable_mode(wandb_mode or spec.tracking.wandb.mode, spec.name, say)
         init_ray(ray_address, num_cpus)
         common = {
-            "sweep": spec.name, "sweep_root": str(sweep_root), "cpus": res.cpus_per_trial,
-            "wandb_mode": wandb_mode or spec.tracking.wandb.mode,
+            "sweep": spec.name, "sweep_id": paths.sweep_id(), "sweep_root": str(sweep_root),
+            "cpus": res.cpus_per_trial, "wandb_mode": mode,
             "wandb_project": spec.tracking.wandb.project, "wandb_entity": spec.tracking.wandb.entity,
         }
         trainable = tune.with_resources(
