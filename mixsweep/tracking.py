@@ -17,8 +17,10 @@ import netrc
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,7 @@ class TrialRun:
             dir=str(root), resume="allow", reinit="finish_previous",
         )
         settings = dict(silent=True, console="off", x_disable_stats=True)
+        actual = mode
         try:
             os.environ["WANDB_MODE"] = mode
             self.run = wandb.init(mode=mode, settings=wandb.Settings(**settings, init_timeout=60),
@@ -66,12 +69,26 @@ class TrialRun:
                 raise
             print(f"W&B online failed ({type(err).__name__}); logging offline: "
                   f"upload later with: mixsweep sync {sweep}", file=sys.stderr, flush=True)
-            os.environ["WANDB_MODE"] = "offline"
+            os.environ["WANDB_MODE"] = actual = "offline"
             self.run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **kwargs)
 
+        # the epochs this run already holds: what earlier sessions wrote to their offline files
+        # (a SIGKILLed session loses what wandb had not flushed yet), or, online, the steps
+        # the server reports for the resumed run
+        self.logged: set[int] = set(range(getattr(self.run, "starting_step", 0) or 0))
+        if actual == "offline":
+            self.logged |= offline_steps(root, self.run.id)
+
     def log_epoch(self, rec: dict[str, Any]) -> None:
-        if self.run is not None:
-            self.run.log(_flatten_epoch(rec), step=int(rec["epoch"]))
+        step = int(rec["epoch"])
+        if self.run is not None and step not in self.logged:
+            self.run.log(_flatten_epoch(rec), step=step)
+            self.logged.add(step)
+
+    def backfill(self, records: Iterable[dict[str, Any]]) -> None:
+        """Log the epochs reported before a kill that never reached a W&B file."""
+        for rec in sorted(records, key=lambda r: r["epoch"]):
+            self.log_epoch(rec)
 
     def finish(self, result: dict[str, Any] | None = None) -> None:
         if self.run is None:
@@ -86,6 +103,55 @@ class TrialRun:
                 self.run.summary[f"nonlinearity_at_target/{layer}"] = v
         self.run.finish(exit_code=0 if not result or result.get("status") == "completed" else 1)
         self.run = None
+
+
+_BLOCK = 32768  # the .wandb file: a LevelDB-style log of protobuf Records
+
+
+def _records(data: bytes) -> Iterator[bytes]:
+    pos, pending = 7, b""
+    while pos + 7 <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < 7:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0 or pos + 7 + length > len(data):  # padding, or a record cut short
+            return
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            yield chunk
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            yield pending + chunk
+            pending = b""
+
+
+def offline_steps(sweep_root: Path, run_id: str) -> set[int]:
+    """The history steps written to the offline files of run ``run_id`` (all its sessions)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    steps: set[int] = set()
+    for path in (sweep_root / "wandb").glob(f"offline-run-*/run-{run_id}.wandb"):
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if data[:4] != b":W&B":
+            continue
+        for raw in _records(data):
+            rec = pb.Record()
+            try:
+                rec.ParseFromString(raw)
+            except Exception:  # a damaged record: skip it
+                continue
+            if rec.WhichOneof("record_type") == "history":
+                steps.add(rec.history.step.num)
+    return steps
 
 
 def run_id(sweep_id: str | None, trial_id: str) -> str:

@@ -27,7 +27,7 @@ import ray
 from ray import tune
 
 from mixsweep.spec import SweepSpec, TrialConfig
-from mixsweep.store import SweepPaths, atomic_write_json, collect_rows, write_results
+from mixsweep.store import SweepPaths, atomic_write_json, collect_rows, read_jsonl, write_results
 from mixsweep.tracking import TrialRun, usable_mode
 from mixsweep.trial import run_trial
 
@@ -67,11 +67,14 @@ def _trainable(config: dict[str, Any]) -> None:
         root=sweep_root,
     )
 
+    trial_dir = SweepPaths(sweep_root).trial(cfg.trial_id)
+    tracker.backfill(read_jsonl(trial_dir.metrics))  # reported before a kill, never written
+
     def report(rec: dict[str, Any]) -> None:
         tracker.log_epoch(rec)
         tune.report({"epoch": rec["epoch"], "test_acc": rec["test_acc"], "trial_id": cfg.trial_id})
 
-    result = run_trial(cfg, SweepPaths(sweep_root).trial(cfg.trial_id).root, report)
+    result = run_trial(cfg, trial_dir.root, report)
     tracker.finish(result)
 
 
