@@ -145,7 +145,7 @@ def test_launch_sigkilled_then_same_command_resumes(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_second_launch_of_a_running_sweep_refuses(tmp_path: Path) -> None:
-    path = write_sweep(tmp_path, train__epochs=6, train__checkpoint_seconds=0, seeds=[0])
+    path = write_sweep(tmp_path, train__epochs=40, train__checkpoint_seconds=0, seeds=[0])
     first = launch_proc(path, tmp_path)
     runs = tmp_path / "runs"
     wait_for(lambda: any(epochs_of(d) for d in trial_dirs(runs)), first)
@@ -156,7 +156,7 @@ def test_second_launch_of_a_running_sweep_refuses(tmp_path: Path) -> None:
     assert f"launch pid {first.pid}" in lines[0]
     out, _ = first.communicate(timeout=400)
     assert first.returncode == 0, out[-3000:]
-    assert_complete_once(runs, 2, 6)
+    assert_complete_once(runs, 2, 40)
 
 
 @pytest.mark.slow
@@ -174,7 +174,7 @@ def test_non_finite_loss_fails_once_and_shows_failed(tmp_path: Path) -> None:
     table = pd.read_csv(runs / "tiny/results.csv")
     assert sorted(table["status"]) == ["completed", "failed"]
     bad = table[table["status"] == "failed"].iloc[0]
-    assert "non-finite loss" in bad["reason"] and "at epoch 1 step 1 " in bad["reason"]
+    assert "non-finite loss" in bad["reason"] and "at epoch 1 step " in bad["reason"]
     result = json.loads((runs / "tiny/trials" / bad["trial_id"] / "result.json").read_text())
     assert result["resumed_from"] == []  # ran once
     assert len(list((runs / "tiny/wandb").glob(f"offline-run-*-{bad['trial_id']}"))) == 1
