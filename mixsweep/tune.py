@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -165,6 +166,7 @@ def _run_locked(paths: SweepPaths, spec: SweepSpec, trials: list[TrialConfig], *
                 say: Callable[[str], None]) -> SweepOutcome:
     t0 = time.perf_counter()
     sweep_root = paths.root.resolve()
+    _raise_disk_error(sweep_root)  # full or read-only: say so before Ray starts
     todo = [c for c in trials if not is_finished(paths, c)]
     skipped = len(trials) - len(todo)
     res = spec.resources
@@ -204,17 +206,37 @@ def _run_locked(paths: SweepPaths, spec: SweepSpec, trials: list[TrialConfig], *
         previous = _forward_sigterm()
         try:
             grid = tuner.fit()
+            _record_errors(paths, grid)
+        except Exception:
+            _raise_disk_error(sweep_root)  # Ray's own files cut short by a full disk, ...
+            raise
         finally:
             signal.signal(signal.SIGTERM, previous)
-        _record_errors(paths, grid)
     rows = collect_rows(paths, trials)
-    write_results(paths, rows)
+    try:
+        write_results(paths, rows)
+    except OSError:
+        _raise_disk_error(sweep_root)
+        raise
     by = [r["status"] for r in rows]
     return SweepOutcome(
         total=len(trials), completed=by.count("completed"), failed=by.count("failed"),
         unfinished=len(trials) - by.count("completed") - by.count("failed"), skipped=skipped,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _raise_disk_error(root: Path) -> None:
+    """Raise the OSError that writing 64 KiB under ``root`` gives now (disk full, quota,
+    read-only), naming ``root``; return if the write succeeds."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root) as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(root)) from None
 
 
 def _record_errors(paths: SweepPaths, grid: Any) -> None:

@@ -248,22 +248,25 @@ def test_disk_full_mid_sweep_then_resume(tmp_path: Path) -> None:
         runs = vol / "runs"
         wait_for(lambda: any(len(epochs_of(d)) >= 3 for d in trial_dirs(runs)), proc)
         filler = vol / "filler"
-        with open(filler, "wb") as f:  # fill the disk to the last byte
+        with open(filler, "wb", buffering=0) as f:  # fill the disk to the last byte
             try:
                 while True:
                     f.write(b"\0" * (1 << 16))
-                    f.flush()
             except OSError:
                 pass
         out, _ = proc.communicate(timeout=400)
+        # one line at the end (Ray logs each failed trial attempt above it, its own way)
         lines = [x for x in out.splitlines() if x.startswith("error:")]
-        assert proc.returncode in (2, 3), out[-3000:]
-        assert "Traceback" not in out, out[-3000:]
-        if proc.returncode == 2:
-            assert len(lines) == 1 and "No space left on device" in lines[0], out[-3000:]
-        # nothing half-written: every JSON file parses, every checkpoint loads
-        for p in runs.rglob("*.json"):
+        assert proc.returncode == 2, out[-3000:]
+        assert len(lines) == 1 and "No space left on device" in lines[0], out[-3000:]
+        assert out.rstrip().splitlines()[-1] == lines[0], out[-3000:]
+        # nothing of ours half-written: every trial file parses, every checkpoint loads (Ray's
+        # own state under ray/ may be cut short: mixsweep never reads it back)
+        for p in (runs / "tiny/trials").rglob("*.json"):
             json.loads(p.read_text())
+        for p in (runs / "tiny/trials").rglob("metrics.jsonl"):
+            assert all(json.loads(x) for x in p.read_text().splitlines())
+        assert not list(runs.rglob(".*.tmp"))
         for p in runs.rglob("checkpoint.pt"):
             torch.load(p, weights_only=True)
         filler.unlink()  # space freed: the same command finishes the sweep
