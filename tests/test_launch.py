@@ -35,7 +35,8 @@ def write_sweep(tmp: Path, **overrides) -> Path:
         "name": "tiny",
         "data": {"dataset": "digits"},
         "model": {"arch": "cnn", "width": 8},
-        "train": {"epochs": 3, "batch_size": 256, "target_accuracy": 0.5, "device": "cpu"},
+        "train": {"epochs": 3, "batch_size": 256, "target_accuracy": 0.5, "device": "cpu",
+                  "checkpoint_seconds": 0},  # every epoch: tests interrupt after a given one
         "mixup": {"mode": ["erm", "sup"], "k": 2},
         "linearity": {"probes": 64, "every": 2},
         "seeds": [0, 1],
