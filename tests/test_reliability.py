@@ -458,16 +458,19 @@ def test_wandb_run_ids_differ_between_sweeps_sharing_a_trial(tmp_path: Path) -> 
 
 def test_ray_dashboard_binds_no_port(tmp_path: Path) -> None:
     code = """
-import psutil, ray
+import time, psutil, ray
 from mixsweep.tune import init_ray
 init_ray(None, 1)
+time.sleep(5)
 tree = psutil.Process().children(recursive=True)
-dash = [p for p in tree if "dashboard" in " ".join(p.cmdline())]
-listening = [c.laddr for p in dash for c in p.net_connections() if c.status == "LISTEN"]
-print("dashboard processes", len(dash), "listening", listening)
+head = [p for p in tree if "dashboard/dashboard.py" in " ".join(p.cmdline())]
+listening = [c.laddr for p in head for c in p.net_connections() if c.status == "LISTEN"]
+ui = [c.laddr for p in tree for c in p.net_connections()
+      if c.status == "LISTEN" and c.laddr.port == 8265]
+print("dashboard head processes", len(head), "listening", listening, "port 8265", ui)
 ray.shutdown()
 """
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV,
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "listening []" in proc.stdout, proc.stdout
+    assert "listening [] port 8265 []" in proc.stdout, proc.stdout
