@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ from rich.text import Text
 
 from mixsweep.data import DataError
 from mixsweep.slurm import SlurmError
-from mixsweep.spec import SpecError, keys_help
+from mixsweep.spec import LARGE_SWEEP, SpecError, keys_help
+from mixsweep.store import SweepLocked
 
 app = typer.Typer(
     help="Run mixup sweeps on Ray Tune (+ SLURM) and measure per-layer linearity.\n\n"
@@ -31,7 +33,10 @@ class UsageError(RuntimeError):
     """Bad input from the command line; reported as one line, exit 2."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (SpecError, DataError, UsageError, SlurmError)
+USER_ERRORS: tuple[type[BaseException], ...] = (SpecError, DataError, UsageError, SlurmError,
+                                                 SweepLocked)
+# the file system refused a write or read (disk full, quota, read-only, permissions): one line
+_FS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def user_errors(fn):
@@ -44,6 +49,14 @@ def user_errors(fn):
         except USER_ERRORS as err:
             for line in str(err).splitlines() or [type(err).__name__]:
                 err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as err:
+            if err.errno not in _FS_ERRORS:
+                raise
+            where = f" {err.filename}" if err.filename else ""
+            err_console.print(f"error: cannot write{where}: {err.strerror}; nothing finished is lost: "
+                              "free space (or fix permissions) and run the same command again",
+                              markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -149,6 +162,7 @@ def launch(
     max_concurrent: Annotated[int | None, typer.Option(min=1, help="Override resources.max_concurrent.")] = None,
     wandb: Annotated[str | None, typer.Option(help="offline | online | disabled (overrides tracking.wandb.mode).")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Join a running Ray cluster ('auto' inside the sbatch job).")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help=f"Run a sweep of more than {LARGE_SWEEP} trials.")] = False,
 ) -> None:
     """Run a sweep: locally on Ray Tune, or submitted to SLURM when the file has a slurm: section.
 
@@ -167,6 +181,9 @@ def launch(
     spec = load_spec(file)
     trials = expand(spec)
     to_slurm = spec.slurm is not None and not local
+    if len(trials) > LARGE_SWEEP and not (yes or dry_run):
+        raise UsageError(f"{file}: {len(trials)} trials is more than {LARGE_SWEEP}; check the grid "
+                         "with --dry-run, then pass --yes to run it")
     if dry_run:
         _print_plan(spec, trials)
         if to_slurm:

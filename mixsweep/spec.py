@@ -120,6 +120,9 @@ class TrainConfig(_Frozen):
     device: Literal["auto", "cpu", "cuda"] = "auto"  # environment, not identity
     eval_batch_size: Annotated[int, Field(ge=1)] = 1024  # environment, not identity
     epoch_seconds_hint: Annotated[float, Field(gt=0)] | None = None  # for --dry-run estimates
+    # write checkpoint.pt when this long has passed since the last one (and at the end);
+    # 0: every epoch. A kill redoes at most this much training. Environment, not identity.
+    checkpoint_seconds: Annotated[float, Field(ge=0)] = 60.0
 
 
 class MixupConfig(_Frozen):
@@ -143,7 +146,7 @@ class LinearityConfig(_Frozen):
 # not enter the trial id, so moving data or switching device never re-runs.
 _NOT_IDENTITY = {
     "data": {"root", "download", "ffcv_dir"},
-    "train": {"device", "eval_batch_size", "epoch_seconds_hint"},
+    "train": {"device", "eval_batch_size", "epoch_seconds_hint", "checkpoint_seconds"},
 }
 
 
@@ -221,9 +224,12 @@ class ResourcesConfig(_Frozen):
     max_failures: Annotated[int, Field(ge=0)] = 3
 
 
+_WANDB_NAME = r"^[A-Za-z0-9_.-]{1,128}$"
+
+
 class WandbConfig(_Frozen):
-    project: str = "mixsweep"
-    entity: str | None = None
+    project: Annotated[str, Field(pattern=_WANDB_NAME)] = "mixsweep"
+    entity: Annotated[str, Field(pattern=_WANDB_NAME)] | None = None
     mode: Literal["offline", "online", "disabled"] = "offline"
 
 
@@ -232,6 +238,10 @@ class TrackingConfig(_Frozen):
 
 
 _SLURM_TIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$|^\d+$")
+# partition/account/qos/mem go on #SBATCH lines: plain names only (no shell or sbatch syntax)
+_SLURM_NAME = re.compile(r"^[A-Za-z0-9_.,:+=@%-]{1,128}$")
+_NAME_RULE = "letters, digits and _ . , : + = @ % - only (no spaces, quotes or shell syntax)"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class SlurmConfig(_Frozen):
@@ -247,6 +257,36 @@ class SlurmConfig(_Frozen):
     setup: list[str] = []  # shell lines run before Ray starts (module load, venv activate)
     container: str | None = None  # apptainer image (.sif) to run the Ray processes in
     extra_sbatch: list[str] = []  # further `#SBATCH` options, e.g. "--constraint=a100"
+
+    @field_validator("partition", "account", "qos", "mem")
+    @classmethod
+    def _plain(cls, v: str | None) -> str | None:
+        if v is not None and not _SLURM_NAME.match(v):
+            raise ValueError(f"must be {_NAME_RULE}")
+        return v
+
+    @field_validator("container")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and (_CONTROL.search(v) or not v.strip()):
+            raise ValueError("must be one path on one line")
+        return v
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _options(cls, v: list[str]) -> list[str]:
+        for opt in v:
+            if not re.match(r"^--?[A-Za-z]", opt) or _CONTROL.search(opt) or "#" in opt:
+                raise ValueError(f"{opt!r} must be one sbatch option starting with '-' (one line, no '#')")
+        return v
+
+    @field_validator("setup")
+    @classmethod
+    def _lines(cls, v: list[str]) -> list[str]:
+        for line in v:
+            if _CONTROL.sub("", line.replace("\t", "")) != line.replace("\t", ""):
+                raise ValueError(f"{line!r}: one shell line per item (no newlines or control characters)")
+        return v
 
     @field_validator("time")
     @classmethod
@@ -338,7 +378,14 @@ class SweepSpec(_Frozen):
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
     slurm: SlurmConfig | None = None
-    runs_dir: str = "runs"
+    runs_dir: Annotated[str, Field(min_length=1)] = "runs"
+
+    @field_validator("runs_dir", "description")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        if _CONTROL.search(v.replace("\t", " ")):
+            raise ValueError("must be one line of text (no newlines or control characters)")
+        return v
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -515,10 +562,32 @@ def _format_errors(err: ValidationError, root: type[BaseModel]) -> list[str]:
         shown = f" (got {value!r})" if not isinstance(value, dict | list) and e["type"] != "missing" else ""
         lines.append(f"{where or '<top>'}: {msg}{shown}")
     # a union key with a deeper error (a bad map entry) needs no "not a number" line too
+    # (an unknown-key line names its section, not a value: it always stays)
     keys = [line.split(":", 1)[0] for line in lines]
     lines = [ln for ln, k in zip(lines, keys, strict=True)
-             if not any(o.startswith((k + ".", k + "[")) for o in keys)]
+             if ": unknown key " in ln or not any(o.startswith((k + ".", k + "[")) for o in keys)]
     return list(dict.fromkeys(lines))
+
+
+# The grid a sweep file may describe before expansion (product of its axes x seeds): a
+# larger one is rejected outright (split the sweep). ``launch`` asks for --yes above
+# LARGE_SWEEP trials.
+MAX_GRID = 100_000
+LARGE_SWEEP = 1_000
+MAX_FILE_BYTES = 1_000_000  # a sweep file is a page of YAML
+MAX_VALUES = 100_000  # values a file may stand for with its aliases copied out: no "billion laughs"
+
+
+def grid_size(spec: SweepSpec) -> int:
+    """An upper bound of the number of trials, computed without expanding the grid."""
+    n = len(spec.seeds)
+    for name in _SECTIONS:
+        for value in getattr(spec, name).model_dump().values():
+            if isinstance(value, list):
+                n *= len(value)
+            elif isinstance(value, dict) and all(isinstance(v, list) for v in value.values()):
+                n *= max(1, sum(len(v) for v in value.values()))
+    return n
 
 
 def parse_spec(raw: Any, source: str = "<sweep>") -> SweepSpec:
@@ -529,21 +598,93 @@ def parse_spec(raw: Any, source: str = "<sweep>") -> SweepSpec:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as err:
         raise SpecError(_format_errors(err, SweepSpec)) from None
+    size = grid_size(spec)
+    if size > MAX_GRID:
+        raise SpecError([f"{source}: the grid has {size} points (axes x seeds), more than "
+                         f"{MAX_GRID}; split it into several sweeps"])
     if not expand(spec):
         raise SpecError([f"{source}: the grid is empty"])
     return spec
 
 
+class _Problem(Exception):
+    """A YAML problem found by _Loader, with its position."""
+
+    def __init__(self, problem: str, mark: Any):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+def _expanded_size(node: yaml.Node, limit: int) -> int:
+    """How many values a YAML node stands for once its aliases are copied out (stops past
+    ``limit``): what a "billion laughs" file blows up to in any code that walks it."""
+    memo: dict[int, int] = {}
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in memo:
+            return memo[id(n)]
+        memo[id(n)] = limit + 1  # a cycle counts as too large
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            total += sum(size(c) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in n.value)
+        memo[id(n)] = min(total, limit + 1)
+        return memo[id(n)]
+
+    return size(node)
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys and alias bombs."""
+
+    def compose_document(self):  # type: ignore[no-untyped-def]
+        node = super().compose_document()
+        if node is not None and _expanded_size(node, MAX_VALUES) > MAX_VALUES:
+            raise _Problem(f"its aliases (*name) expand to more than {MAX_VALUES} values",
+                           node.start_mark)
+        return node
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in seen:
+                    raise _Problem(f"duplicate key {key_node.value!r}", key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file safely: one SpecError line for every way it can be unreadable."""
     p = Path(path)
-    if not p.is_file():
+    if p.is_dir():
+        raise SpecError([f"{p}: is a directory, not a YAML file"])
+    if not p.exists():
         raise SpecError([f"{p}: no such file"])
+    if not p.is_file():
+        raise SpecError([f"{p}: not a regular file"])
     try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise SpecError([f"{p}: {size} bytes is too large for a sweep file "
+                             f"(at most {MAX_FILE_BYTES})"])
+        text = p.read_bytes().decode("utf-8")
+    except PermissionError:
+        raise SpecError([f"{p}: permission denied (cannot read the file)"]) from None
+    except UnicodeDecodeError as err:
+        raise SpecError([f"{p}: not UTF-8 text (bad byte at offset {err.start})"]) from None
+    except OSError as err:
+        raise SpecError([f"{p}: cannot read: {err.strerror or err}"]) from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, _Problem) as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError([f"{p}: not valid YAML{where}: {getattr(err, 'problem', err)}"]) from None
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise SpecError([f"{p}: not valid YAML{where}: {problem}"]) from None
+    except RecursionError:
+        raise SpecError([f"{p}: nested too deeply"]) from None
 
 
 def load_spec(path: str | Path) -> SweepSpec:

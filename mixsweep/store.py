@@ -13,10 +13,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import secrets
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,20 +31,39 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + rename: readers never see half a file."""
+class SweepLocked(RuntimeError):
+    """Another launch holds the sweep's lock."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write) -> None:  # type: ignore[no-untyped-def]
+    """Temp file in the same folder, fsynced, renamed over ``path``, folder fsynced: a crash
+    at any point leaves the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, _umask_mode())  # mkstemp makes 0600; results are meant to be shared
+    os.fchmod(fd, _umask_mode())  # mkstemp makes 0600; results follow the user's umask
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder + rename: readers never see half a file."""
+    _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -52,28 +74,34 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def atomic_torch_save(path: Path, obj: Any) -> None:
     import torch  # here: status and launch --dry-run import this module without torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def read_json(path: Path) -> Any | None:
+    """A JSON file's object; None if it is missing or not whole JSON (cut short, garbage)."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return json.loads(path.read_bytes().decode())
+    except (FileNotFoundError, ValueError):  # ValueError: bad JSON or bad UTF-8
         return None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file; a line that is not a whole JSON object (a write cut
+    short, garbage) ends the read: what follows it cannot be trusted either."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for line in path.read_bytes().decode(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            break
+        if not isinstance(rec, dict) or not isinstance(rec.get("epoch"), int):
+            break
+        out.append(rec)
+    return out
 
 
 @dataclass(frozen=True)
@@ -104,7 +132,8 @@ class TrialPaths:
     def read_result(self, trial_id: str) -> dict[str, Any] | None:
         """The final record, if this folder holds one for ``trial_id`` (else None)."""
         result = read_json(self.result)
-        return result if result and result.get("trial_id") == trial_id else None
+        ok = isinstance(result, dict) and result.get("trial_id") == trial_id
+        return result if ok and result.get("status") in ("completed", "failed") else None
 
     def write_metrics(self, history: Iterable[dict[str, Any]]) -> None:
         atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in history))
@@ -133,6 +162,40 @@ class SweepPaths:
     @property
     def slurm(self) -> Path:
         return self.root / "slurm"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the sweep's lock (flock: the kernel drops it when the process dies, even by
+        SIGKILL, so no stale lock outlives a killed launch). Raises SweepLocked if held."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, _umask_mode())
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                raise SweepLocked(f"sweep {self.root.name!r} is already running (launch pid {holder} "
+                                  f"holds {self.lock_file}); wait for it or stop it first") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    def sweep_id(self) -> str:
+        """A random id for this sweep folder, made once and kept: unique per sweep, the same
+        for every relaunch of it (the W&B run ids start with it)."""
+        path = self.root / "sweep_id"
+        current = path.read_text().strip() if path.is_file() else ""
+        if len(current) == 8 and current.isalnum():
+            return current
+        new = secrets.token_hex(4)
+        atomic_write_text(path, new + "\n")
+        return new
 
     def write_spec(self, spec: Any) -> None:
         """spec.yaml: the validated sweep (a SweepSpec), what a requeued job re-reads."""
@@ -174,6 +237,7 @@ def collect_rows(sweep: SweepPaths, trials: Iterable[Any]) -> list[dict[str, Any
         history = read_jsonl(tp.metrics)
         epochs = history[-1]["epoch"] if history else 0
         error = read_json(tp.error)
+        error = error if isinstance(error, dict) else None
         if result:
             status = result["status"]
         elif error:  # crashed past max_failures in Ray; re-runs (from its checkpoint) on relaunch

@@ -1,20 +1,30 @@
 """W&B: one run per trial, offline by default; ``sync`` uploads offline runs.
 
-Run id = trial_id, group = sweep name, job_type = mixup mode, config = the flat
-TrialConfig. A resumed trial continues the same run id (``resume="allow"``) and
-logs only the epochs after its checkpoint, so no epoch is logged twice. Offline
-runs live in ``runs/<sweep>/wandb/``. No API key is ever read, logged or written
-by mixsweep: wandb itself finds it (``wandb login`` / WANDB_API_KEY) when syncing.
+Run id = ``<sweep_id>-<trial_id>`` (sweep_id: random, made once per sweep folder,
+runs/<sweep>/sweep_id), so two sweeps that share a trial never resume each other's
+runs, while every relaunch of one sweep continues the same run; name = trial_id,
+group = sweep name, job_type = mixup mode, config = the flat TrialConfig. A
+resumed trial continues the same run id (``resume="allow"``) and logs each epoch
+once (trial.py). Offline runs live in ``runs/<sweep>/wandb/``. ``online`` without
+an API key or without a network falls back to offline, saying once how to
+``mixsweep sync``. No API key is ever logged or written by mixsweep: wandb finds
+it (``wandb login`` / WANDB_API_KEY); mixsweep only checks that one is there.
 """
 
 from __future__ import annotations
 
+import netrc
 import os
 import shutil
+import socket
+import struct
 import subprocess
+import sys
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 MODES = ("offline", "online", "disabled")
 
@@ -32,7 +42,7 @@ class TrialRun:
     """The W&B run of one trial (a no-op when mode is 'disabled')."""
 
     def __init__(self, *, trial_id: str, sweep: str, mode: str, config: dict[str, Any],
-                 project: str, entity: str | None, root: Path):
+                 project: str, entity: str | None, root: Path, sweep_id: str | None = None):
         if mode not in MODES:
             raise ValueError(f"unknown wandb mode {mode!r}; allowed: {', '.join(MODES)}")
         self.run = None
@@ -42,18 +52,43 @@ class TrialRun:
 
         # the sweep's resolved mode (--wandb, else the sweep file) is authoritative in the
         # trial's process; a stray WANDB_MODE from the shell (even an empty one) must not win
-        os.environ["WANDB_MODE"] = mode
         root.mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(
-            id=trial_id, name=trial_id, group=sweep, job_type=config.get("mixup.mode"),
-            config=config, project=project, entity=entity, mode=mode, dir=str(root),
-            resume="allow", reinit="finish_previous",
-            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        kwargs = dict(
+            id=run_id(sweep_id, trial_id), name=trial_id, group=sweep,
+            job_type=config.get("mixup.mode"), config=config, project=project, entity=entity,
+            dir=str(root), resume="allow", reinit="finish_previous",
         )
+        settings = dict(silent=True, console="off", x_disable_stats=True)
+        actual = mode
+        try:
+            os.environ["WANDB_MODE"] = mode
+            self.run = wandb.init(mode=mode, settings=wandb.Settings(**settings, init_timeout=60),
+                                  **kwargs)
+        except Exception as err:  # online and the service went away since launch checked it
+            if mode != "online":
+                raise
+            print(f"W&B online failed ({type(err).__name__}); logging offline: "
+                  f"upload later with: mixsweep sync {sweep}", file=sys.stderr, flush=True)
+            os.environ["WANDB_MODE"] = actual = "offline"
+            self.run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **kwargs)
+
+        # the epochs this run already holds: what earlier sessions wrote to their offline files
+        # (a SIGKILLed session loses what wandb had not flushed yet), or, online, the steps
+        # the server reports for the resumed run
+        self.logged: set[int] = set(range(getattr(self.run, "starting_step", 0) or 0))
+        if actual == "offline":
+            self.logged |= offline_steps(root, self.run.id)
 
     def log_epoch(self, rec: dict[str, Any]) -> None:
-        if self.run is not None:
-            self.run.log(_flatten_epoch(rec), step=int(rec["epoch"]))
+        step = int(rec["epoch"])
+        if self.run is not None and step not in self.logged:
+            self.run.log(_flatten_epoch(rec), step=step)
+            self.logged.add(step)
+
+    def backfill(self, records: Iterable[dict[str, Any]]) -> None:
+        """Log the epochs reported before a kill that never reached a W&B file."""
+        for rec in sorted(records, key=lambda r: r["epoch"]):
+            self.log_epoch(rec)
 
     def finish(self, result: dict[str, Any] | None = None) -> None:
         if self.run is None:
@@ -68,6 +103,95 @@ class TrialRun:
                 self.run.summary[f"nonlinearity_at_target/{layer}"] = v
         self.run.finish(exit_code=0 if not result or result.get("status") == "completed" else 1)
         self.run = None
+
+
+_BLOCK = 32768  # the .wandb file: a LevelDB-style log of protobuf Records
+
+
+def _records(data: bytes) -> Iterator[bytes]:
+    pos, pending = 7, b""
+    while pos + 7 <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < 7:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0 or pos + 7 + length > len(data):  # padding, or a record cut short
+            return
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            yield chunk
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            yield pending + chunk
+            pending = b""
+
+
+def offline_steps(sweep_root: Path, run_id: str) -> set[int]:
+    """The history steps written to the offline files of run ``run_id`` (all its sessions)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    steps: set[int] = set()
+    for path in (sweep_root / "wandb").glob(f"offline-run-*/run-{run_id}.wandb"):
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if data[:4] != b":W&B":
+            continue
+        for raw in _records(data):
+            rec = pb.Record()
+            try:
+                rec.ParseFromString(raw)
+            except Exception:  # a damaged record: skip it
+                continue
+            if rec.WhichOneof("record_type") == "history":
+                steps.add(rec.history.step.num)
+    return steps
+
+
+def run_id(sweep_id: str | None, trial_id: str) -> str:
+    """The W&B run id of a trial: unique per sweep folder, stable across its relaunches."""
+    return f"{sweep_id}-{trial_id}" if sweep_id else trial_id
+
+
+def online_problem(timeout: float = 5.0) -> str | None:
+    """Why W&B online cannot work from here (no API key, no route to the server), or None.
+
+    The key is only looked for (WANDB_API_KEY, else the netrc entry ``wandb login``
+    writes), never read out or logged."""
+    base = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    url = urlparse(base)
+    host = url.hostname or "api.wandb.ai"
+    if not os.environ.get("WANDB_API_KEY"):
+        try:
+            found = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+        except (OSError, netrc.NetrcParseError):
+            found = None
+        if not found:
+            return "no API key: run `wandb login` or set WANDB_API_KEY"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        return f"cannot reach {host}:{port}: {err.strerror or err}"
+    return None
+
+
+def usable_mode(mode: str, sweep: str, say) -> str:  # type: ignore[no-untyped-def]
+    """``mode``, or 'offline' when it is 'online' and online cannot work (said once)."""
+    if mode != "online":
+        return mode
+    problem = online_problem()
+    if problem is None:
+        return mode
+    say(f"W&B online is not usable ({problem}); logging offline instead: "
+        f"upload later with: mixsweep sync {sweep}")
+    return "offline"
 
 
 def offline_runs(sweep_root: Path) -> list[Path]:

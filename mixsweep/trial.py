@@ -1,9 +1,15 @@
 """One trial: data -> model -> train loop (mixup losses) -> per-epoch eval.
 
 ``run_trial(cfg, out_dir, report)`` is a plain function of a TrialConfig. It
-knows nothing of Ray: ``tune.py`` wraps it. With ``out_dir`` it checkpoints
-every epoch and resumes from the last one; a completed ``result.json`` for the
-same trial id is returned without re-running.
+knows nothing of Ray: ``tune.py`` wraps it. With ``out_dir`` it writes
+checkpoint.pt every ``train.checkpoint_seconds`` (and at the end) and resumes
+from it: epochs after the checkpoint are trained again, bit-identically on CPU
+(every epoch's data order and mixing weights are seeded by the epoch), and not
+reported twice: metrics.jsonl holds the epochs reported, and a checkpointed
+epoch that was never reported is reported on resume. An unreadable checkpoint
+(cut short, garbage) is set aside as checkpoint.pt.corrupt and the trial starts
+over, saying so once. A completed ``result.json`` for the same trial id is
+returned without re-running.
 
 Epoch e (1-based) is ceil(|train| / batch) optimizer steps. Epoch 0 is an
 evaluation at init. Nonlinearity is measured at init, every
@@ -17,6 +23,7 @@ import copy
 import math
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +41,7 @@ from mixsweep.mixup import mixup_losses
 from mixsweep.models import build_model
 from mixsweep.spec import CONSISTENCY_MODES, TrialConfig
 from mixsweep.step import TrainStep, TrialFailed
-from mixsweep.store import TrialPaths, atomic_torch_save, atomic_write_json
+from mixsweep.store import TrialPaths, atomic_torch_save, atomic_write_json, read_json, read_jsonl
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -256,6 +263,23 @@ def _summary(cfg: TrialConfig, run: _Run, status: str, reason: str | None, wall:
     }
 
 
+def _resume(run: _Run, paths: TrialPaths) -> str | None:
+    """Load the trial's checkpoint into ``run``; a note if it was unreadable (set aside)."""
+    if not paths.checkpoint.is_file():
+        return None
+    try:
+        ck = torch.load(paths.checkpoint, map_location=run.device, weights_only=True)
+        if not isinstance(ck, dict) or ck.get("trial_id") != run.cfg.trial_id:
+            return None  # another trial's folder contents: start fresh, keep nothing of it
+        run.load(ck)
+        return None
+    except Exception as err:  # cut short, garbage, or not this model's state
+        bad = paths.checkpoint.with_name(paths.checkpoint.name + ".corrupt")
+        paths.checkpoint.replace(bad)
+        why = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        return f"checkpoint.pt was unreadable ({why}); kept as {bad.name}, starting over from epoch 0"
+
+
 def run_trial(
     cfg: TrialConfig,
     out_dir: str | Path | None = None,
@@ -269,33 +293,55 @@ def run_trial(
         cfg: the resolved trial config.
         out_dir: the trial's folder (config, metrics.jsonl, checkpoint.pt,
             result.json); resumes from its checkpoint. None: keep nothing.
-        report: called with each epoch's record (after it is checkpointed).
+        report: called with each epoch's record, once per epoch across kills and resumes.
         device: overrides ``train.device``.
     """
     wall0 = time.perf_counter()
     paths = TrialPaths(Path(out_dir)) if out_dir is not None else None
+    same_trial = False
     if paths is not None:
         done = paths.read_result(cfg.trial_id)
         if done and done.get("status") == "completed":
             return done
+        before = read_json(paths.config)
+        same_trial = isinstance(before, dict) and before.get("trial_id") == cfg.trial_id
         atomic_write_json(paths.config, {"trial_id": cfg.trial_id, **cfg.model_dump(mode="json")})
     dev = torch.device(device) if device is not None else resolve_device(cfg.train.device)
     run = _Run(cfg, dev)
-    if paths is not None and paths.checkpoint.is_file():
-        ck = torch.load(paths.checkpoint, map_location=dev, weights_only=True)
-        if ck.get("trial_id") == cfg.trial_id:
-            run.load(ck)
+    notes: list[str] = []
+    reported: list[dict[str, Any]] = []  # metrics.jsonl: the epochs already reported
+    if paths is not None:
+        reported = read_jsonl(paths.metrics) if same_trial else []
+        note = _resume(run, paths)
+        if note is not None:
+            print(f"trial {cfg.trial_id}: {note}", file=sys.stderr, flush=True)
+            notes.append(note)
+            run = _Run(cfg, dev)  # a load that failed half-way leaves nothing behind
+    done_epochs = {r["epoch"] for r in reported}
     target, every = cfg.train.target_accuracy, cfg.linearity.every
     status, reason = "completed", None
+    saved_at = time.monotonic()
+
+    def publish(rec: dict[str, Any]) -> None:
+        if report is not None and rec["epoch"] not in done_epochs:
+            report(rec)
+        done_epochs.add(rec["epoch"])
+        if paths is not None:  # epochs reported before a resume from an older checkpoint stay
+            upto = [r for r in run.history if r["epoch"] <= rec["epoch"]]
+            paths.write_metrics([*upto, *(r for r in reported if r["epoch"] > rec["epoch"])])
 
     def record(rec: dict[str, Any]) -> None:
+        nonlocal saved_at
         run.history.append(rec)
-        if paths is not None:
+        if paths is not None and (rec["epoch"] == cfg.train.epochs
+                                  or time.monotonic() - saved_at >= cfg.train.checkpoint_seconds):
             atomic_torch_save(paths.checkpoint, run.state())
-            paths.write_metrics(run.history)
-        if report is not None:
-            report(rec)
+            saved_at = time.monotonic()
+        publish(rec)
 
+    for rec in list(run.history):  # checkpointed before a kill, never reported: report now
+        if rec["epoch"] not in done_epochs:
+            publish(rec)
     if not run.history:  # epoch 0: the network at init
         stats = run.measure()
         record({"epoch": 0, "step": 0, "test_acc": run.evaluate(), "train_seconds": 0.0,
@@ -318,6 +364,7 @@ def run_trial(
             rec["nl"], rec["cos"] = stats["nl"], stats["cos"]
         record(rec)
     result = _summary(cfg, run, status, reason, time.perf_counter() - wall0)
+    result["notes"] = notes
     if paths is not None:
         atomic_write_json(paths.result, result)
     return result

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +28,8 @@ import ray
 from ray import tune
 
 from mixsweep.spec import SweepSpec, TrialConfig
-from mixsweep.store import SweepPaths, atomic_write_json, collect_rows, write_results
-from mixsweep.tracking import TrialRun
+from mixsweep.store import SweepPaths, atomic_write_json, collect_rows, read_jsonl, write_results
+from mixsweep.tracking import TrialRun, usable_mode
 from mixsweep.trial import run_trial
 
 Progress = Callable[[dict[str, int]], None]
@@ -61,16 +62,20 @@ def _trainable(config: dict[str, Any]) -> None:
 
     torch.set_num_threads(torch_threads)
     tracker = TrialRun(
-        trial_id=cfg.trial_id, sweep=config["sweep"], mode=config["wandb_mode"],
+        trial_id=cfg.trial_id, sweep=config["sweep"], sweep_id=config["sweep_id"],
+        mode=config["wandb_mode"],
         config=cfg.flat(), project=config["wandb_project"], entity=config["wandb_entity"],
         root=sweep_root,
     )
+
+    trial_dir = SweepPaths(sweep_root).trial(cfg.trial_id)
+    tracker.backfill(read_jsonl(trial_dir.metrics))  # reported before a kill, never written
 
     def report(rec: dict[str, Any]) -> None:
         tracker.log_epoch(rec)
         tune.report({"epoch": rec["epoch"], "test_acc": rec["test_acc"], "trial_id": cfg.trial_id})
 
-    result = run_trial(cfg, SweepPaths(sweep_root).trial(cfg.trial_id).root, report)
+    result = run_trial(cfg, trial_dir.root, report)
     tracker.finish(result)
 
 
@@ -118,12 +123,14 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
+    # include_dashboard=False: no dashboard UI and no HTTP port; Ray still starts its
+    # minimal API process (it binds no port: tests/test_reliability.py checks)
     if address:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
+                 log_to_driver=False, configure_logging=False)
 
 
 def _forward_sigterm() -> Any:
@@ -140,19 +147,35 @@ def run_sweep(
     wandb_mode: str | None = None,
     progress: Progress | None = None,
     num_cpus: int | None = None,
+    say: Callable[[str], None] = print,
 ) -> SweepOutcome:
-    """Run the sweep's unfinished trials on Ray Tune and write the results table."""
-    t0 = time.perf_counter()
+    """Run the sweep's unfinished trials on Ray Tune and write the results table.
+
+    Holds the sweep's lock throughout: a second launch of the same sweep raises SweepLocked.
+    """
     paths = SweepPaths.of(spec.runs_dir, spec.name)
+    with paths.lock():
+        return _run_locked(paths, spec, trials, ray_address=ray_address,
+                           max_concurrent=max_concurrent, wandb_mode=wandb_mode,
+                           progress=progress, num_cpus=num_cpus, say=say)
+
+
+def _run_locked(paths: SweepPaths, spec: SweepSpec, trials: list[TrialConfig], *,
+                ray_address: str | None, max_concurrent: int | None, wandb_mode: str | None,
+                progress: Progress | None, num_cpus: int | None,
+                say: Callable[[str], None]) -> SweepOutcome:
+    t0 = time.perf_counter()
     sweep_root = paths.root.resolve()
+    _raise_disk_error(sweep_root)  # full or read-only: say so before Ray starts
     todo = [c for c in trials if not is_finished(paths, c)]
     skipped = len(trials) - len(todo)
     res = spec.resources
     if todo:
+        mode = usable_mode(wandb_mode or spec.tracking.wandb.mode, spec.name, say)
         init_ray(ray_address, num_cpus)
         common = {
-            "sweep": spec.name, "sweep_root": str(sweep_root), "cpus": res.cpus_per_trial,
-            "wandb_mode": wandb_mode or spec.tracking.wandb.mode,
+            "sweep": spec.name, "sweep_id": paths.sweep_id(), "sweep_root": str(sweep_root),
+            "cpus": res.cpus_per_trial, "wandb_mode": mode,
             "wandb_project": spec.tracking.wandb.project, "wandb_entity": spec.tracking.wandb.entity,
         }
         trainable = tune.with_resources(
@@ -183,17 +206,37 @@ def run_sweep(
         previous = _forward_sigterm()
         try:
             grid = tuner.fit()
+            _record_errors(paths, grid)
+        except Exception:
+            _raise_disk_error(sweep_root)  # Ray's own files cut short by a full disk, ...
+            raise
         finally:
             signal.signal(signal.SIGTERM, previous)
-        _record_errors(paths, grid)
     rows = collect_rows(paths, trials)
-    write_results(paths, rows)
+    try:
+        write_results(paths, rows)
+    except OSError:
+        _raise_disk_error(sweep_root)
+        raise
     by = [r["status"] for r in rows]
     return SweepOutcome(
         total=len(trials), completed=by.count("completed"), failed=by.count("failed"),
         unfinished=len(trials) - by.count("completed") - by.count("failed"), skipped=skipped,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _raise_disk_error(root: Path) -> None:
+    """Raise the OSError that writing 64 KiB under ``root`` gives now (disk full, quota,
+    read-only), naming ``root``; return if the write succeeds."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root) as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(root)) from None
 
 
 def _record_errors(paths: SweepPaths, grid: Any) -> None:

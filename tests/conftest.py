@@ -50,6 +50,7 @@ def trial_cfg() -> Callable[..., Any]:
             "lr": 0.05,
             "target_accuracy": 0.9,
             "device": "cpu",
+            "checkpoint_seconds": 0,  # every epoch (tests kill after a given epoch)
         },
         "mixup": {"mode": "erm"},
         "linearity": {"probes": 64, "every": 1},

@@ -18,6 +18,8 @@ FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 def _records(path: Path) -> Iterator[bytes]:
     data = path.read_bytes()
+    if not data:  # a session killed (or out of disk) before wandb wrote anything
+        return
     if data[:4] != b":W&B":
         raise ValueError(f"{path} is not a W&B run file")
     pos, pending = 7, b""
