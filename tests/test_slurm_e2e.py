@@ -85,7 +85,7 @@ def _no_duplicate_epochs(paths: SweepPaths) -> None:
 
 def _ray_left(job: str) -> list[str]:
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [x for x in out.splitlines() if f"/tmp/ray_{job}" in x]
+    return [x for x in out.splitlines() if f"/tmp/ray_{job}_" in x]
 
 
 def test_sweep_completes_in_sbatch_job(launch):
