@@ -211,3 +211,23 @@ def test_port_blocks_are_free_and_below_ephemeral_range(tmp_path):
     assert _pick_port_base(tmp_path, 335) == first  # block free again: taken
     # every block lies below 32000: the largest preferred block, 109
     assert _pick_port_base(tmp_path, 109) + 199 < 32000
+
+
+def test_ray_temp_dir_is_per_job_and_node(tmp_path):
+    """Ray's temp dir names the job and the node, so nodes that share /tmp never share one
+    (they did: a worker then failed to join), and stays short for Ray's socket paths."""
+    text = slurm.render_sbatch(**SPEC_4X8)
+    fn = text[text.index("ray_tmp_dir() {"):text.index("\n# ray_start_args")]
+    fake = tmp_path / "hostname"
+    fake.write_text('#!/bin/sh\n[ "$1" = -s ] && echo "${FAKE_HOST%%.*}" || echo "$FAKE_HOST"\n')
+    fake.chmod(0o755)
+
+    def tmp_dir(host: str) -> str:
+        env = {**os.environ, "SLURM_JOB_ID": "4242", "FAKE_HOST": host,
+               "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+        return subprocess.run(["bash", "-c", fn + "\nray_tmp_dir"], capture_output=True,
+                              text=True, env=env, check=True).stdout.strip()
+
+    assert tmp_dir("gpu017.cluster.example.org") == "/tmp/ray_4242_gpu017"
+    assert tmp_dir("gpu018") != tmp_dir("gpu017")
+    assert len(tmp_dir("a-very-long-node-name-indeed-0001")) <= len("/tmp/ray_4242_") + 20
