@@ -84,6 +84,7 @@ fi
 NODE=${NODES[0]}
 CPUS=${SLURM_CI_CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}
 MEM_MB=${SLURM_CI_MEM_MB:-$(awk -v n="$NNODES" '/^MemTotal:/ {print int($2 / 1024 * 0.9 / n)}' /proc/meminfo)}
+[ "$NNODES" = 1 ] || PKGS+=(iproute2) # ip netns, bridge, veth
 SHARED_USER=${SUDO_USER:-$(id -un)}
 SHARED_TMP=${SLURM_CI_SHARED_TMP-pytest-of-$SHARED_USER}
 

@@ -226,7 +226,7 @@ def test_requeue_mid_sweep_resumes(launch, tmp_path, how, capsys):
     gets the time-limit warning (--signal=B:USR1: the script stops the driver and requeues
     itself). The requeued run joins 3 nodes again, resumes, finishes: restart count 1,
     trials finished before are not re-run, the others continue from their checkpoints."""
-    epochs = 3
+    epochs = 2
     paths, job = launch(_sweep(tmp_path, "requeue", seeds=[0, 1], epochs=epochs))
 
     def some_done_some_running():
