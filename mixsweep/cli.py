@@ -163,6 +163,8 @@ def launch(
     wandb: Annotated[str | None, typer.Option(help="offline | online | disabled (overrides tracking.wandb.mode).")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Join a running Ray cluster ('auto' inside the sbatch job).")] = None,
     yes: Annotated[bool, typer.Option("--yes", help=f"Run a sweep of more than {LARGE_SWEEP} trials.")] = False,
+    expect_nodes: Annotated[int, typer.Option(min=0, help="With --ray-address: wait for this many Ray nodes, say how many joined, go on with those (the sbatch job passes its node count).")] = 0,
+    join_timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for --expect-nodes.")] = 120.0,
 ) -> None:
     """Run a sweep: locally on Ray Tune, or submitted to SLURM when the file has a slurm: section.
 
@@ -171,7 +173,11 @@ def launch(
 
     Example: mixsweep launch sweeps/quickstart.yaml
     """
+    import os
 
+    from mixsweep import stop
+
+    stop.install()  # a TERM from now on stops the sweep cleanly (exit 3), whenever it comes
     from mixsweep.data.datasets import ensure_available
     from mixsweep.spec import expand, load_spec
     from mixsweep.store import SweepPaths
@@ -198,10 +204,12 @@ def launch(
 
         require_ffcv()
     paths = SweepPaths.of(spec.runs_dir, spec.name)
+    from mixsweep.slurm import require_no_active_job, submit
+
+    # a live job re-reads spec.yaml when requeued: check before rewriting it (its own driver may)
+    require_no_active_job(spec.name, paths.root, own_job=os.environ.get("SLURM_JOB_ID"))
     paths.write_spec(spec)
     if to_slurm:
-        from mixsweep.slurm import submit
-
         submit(spec, paths.spec, dry_run=False, console=console)
         return
     from mixsweep.tune import run_sweep
@@ -209,7 +217,10 @@ def launch(
     bar, update = _live_progress()
     with bar:
         outcome = run_sweep(spec, trials, ray_address=ray_address, max_concurrent=max_concurrent,
-                            wandb_mode=wandb, progress=update)
+                            wandb_mode=wandb, progress=update, expect_nodes=expect_nodes,
+                            join_timeout=join_timeout,
+                            say=lambda line: console.print(line, markup=False, highlight=False,
+                                                          soft_wrap=True))
     console.print(f"sweep {spec.name}: {outcome.completed} completed, {outcome.failed} failed, "
                   f"{outcome.unfinished} unfinished, {outcome.skipped} already done before this launch "
                   f"({outcome.seconds:.0f} s); results: {paths.results}")

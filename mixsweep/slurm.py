@@ -107,6 +107,7 @@ def render_sbatch(
         "--open-mode=append",  # a requeued run appends to the same log
         f"--signal=B:USR1@{int(grace_seconds)}",
         "--requeue",
+        "--no-kill",  # a failed node ends its Ray worker, not the job: the sweep goes on
     ]
     for opt in extra_sbatch:
         if not opt.startswith("-") or "\n" in opt or "\r" in opt:
@@ -206,15 +207,7 @@ def submit(spec: SweepSpec, spec_path: Path, dry_run: bool = False,
             console.print(script, markup=False, highlight=False, soft_wrap=True)
         return None
     sweep = SweepPaths.of(Path.cwd().resolve() / spec.runs_dir, spec.name)
-    old = recorded_job(sweep.root)
-    if old is not None and shutil.which("squeue"):
-        state = job_state(sweep.root)
-        if state and state["state"] in ACTIVE_STATES:
-            raise SubmitError(
-                f"sweep {spec.name!r} already has SLURM job {old} ({state['state']}); "
-                f"follow it with: mixsweep status {spec.name}, or stop it with: "
-                f"mixsweep cancel {spec.name}"
-            )
+    require_no_active_job(spec.name, sweep.root)
     if not sweep.spec.is_file():
         sweep.write_spec(spec)
     job_file = sweep.slurm / JOB_FILE
@@ -233,6 +226,24 @@ def submit(spec: SweepSpec, spec_path: Path, dry_run: bool = False,
     if console is not None:
         console.print(follow_hint(spec.name, sweep.root, job_id), markup=False, highlight=False)
     return job_id
+
+
+def require_no_active_job(name: str, sweep_root: Path, own_job: str | None = None) -> None:
+    """Raise SubmitError if the sweep's recorded job is queued or running (and is not ``own_job``).
+
+    ``launch`` calls this before it rewrites runs/<sweep>/spec.yaml: a live job
+    re-reads that file when it is requeued, so it must not change under it.
+    """
+    old = recorded_job(sweep_root)
+    if old is None or old == own_job or not shutil.which("squeue"):
+        return
+    state = job_state(sweep_root)
+    if state and state["state"] in ACTIVE_STATES:
+        raise SubmitError(
+            f"sweep {name!r} already has SLURM job {old} ({state['state']}); "
+            f"follow it with: mixsweep status {name}, or stop it with: "
+            f"mixsweep cancel {name}"
+        )
 
 
 def follow_hint(name: str, sweep_root: Path, job_id: str) -> str:

@@ -9,8 +9,10 @@ continues from its last finished epoch. (Tuner.restore alone brings back the
 checkpoints of only some trials; per-trial checkpoints make resume exact.)
 
 Stopping: SIGINT and SIGUSR1 are Ray Tune's own graceful stop (it stops all
-trials and saves its state); SIGTERM is forwarded to that path. SLURM sends
-USR1 before the time limit, and preemption sends TERM.
+trials and saves its state); SIGTERM is a stop request (mixsweep.stop) that is
+handed to that path once Tune listens, and that starts no trial when it comes
+earlier (during ray.init, say). SLURM sends TERM on requeue and preemption, and
+the sbatch script turns its time-limit warning (USR1) into a TERM.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from typing import Any
 import ray
 from ray import tune
 
+from mixsweep import stop
 from mixsweep.spec import SweepSpec, TrialConfig
 from mixsweep.store import SweepPaths, atomic_write_json, collect_rows, read_jsonl, write_results
 from mixsweep.tracking import TrialRun, usable_mode
 from mixsweep.trial import run_trial
 
 Progress = Callable[[dict[str, int]], None]
+Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,9 @@ class _Counts(tune.Callback):
         # Tune pickles its run config; the live display (locks, a terminal) stays behind.
         return {**self.__dict__, "progress": None}
 
+    def on_step_begin(self, iteration, trials, **info):
+        stop.forward_to_tune()  # a TERM that came before Tune installed its handler
+
     def _emit(self) -> None:
         if self.progress is not None:
             self.progress(dict(self.counts))
@@ -118,6 +125,7 @@ def _trial_name(trial: Any) -> str:
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """ray.init (local, or joining ``address``). A TERM during it is a stop request, not an exit."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Tune's new console output prints its tables even at verbose=0; launch shows its own progress
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -125,17 +133,41 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     # include_dashboard=False: no dashboard UI and no HTTP port; Ray still starts its
     # minimal API process (it binds no port: tests/test_reliability.py checks)
-    if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
-                 log_to_driver=False, configure_logging=False)
+    kwargs: dict[str, Any] = ({"address": address} if address
+                              else {"num_cpus": num_cpus, "dashboard_host": "127.0.0.1"})
+    try:  # ray.init replaces the TERM handler with sys.exit(SIGTERM) while it connects
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
+    except SystemExit as err:
+        if err.code != signal.SIGTERM:
+            raise
+        stop.request()
+    finally:
+        stop.install()
 
 
-def _forward_sigterm() -> Any:
-    """TERM -> USR1 to ourselves: Ray Tune's graceful-stop signal."""
-    return signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
+def wait_for_nodes(expect: int, timeout: float, say: Say | None = None) -> list[str]:
+    """Wait up to ``timeout`` s for ``expect`` live Ray nodes; say how many joined; their hosts.
+
+    A node that does not join in time is not an error: the sweep goes on with
+    the nodes that did (one line says so).
+    """
+    def alive() -> list[dict[str, Any]]:
+        return [n for n in ray.nodes() if n.get("Alive")]
+
+    t0 = time.monotonic()
+    nodes = alive()
+    while len(nodes) < expect and time.monotonic() - t0 < timeout and not stop.requested():
+        time.sleep(0.5)
+        nodes = alive()
+    hosts = sorted(str(n.get("NodeManagerHostname") or n.get("NodeManagerAddress")) for n in nodes)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    line = f"ray cluster: {len(nodes)} of {expect} nodes joined ({', '.join(hosts)}; {cpus:g} CPUs)"
+    if len(nodes) < expect:
+        line += (f"; {expect - len(nodes)} did not join within {timeout:.0f} s, "
+                 f"the sweep goes on with {len(nodes)}")
+    if say is not None:
+        say(line)
+    return hosts
 
 
 def run_sweep(
@@ -147,70 +179,52 @@ def run_sweep(
     wandb_mode: str | None = None,
     progress: Progress | None = None,
     num_cpus: int | None = None,
-    say: Callable[[str], None] = print,
+    expect_nodes: int = 0,
+    join_timeout: float = 120.0,
+    say: Say = print,
 ) -> SweepOutcome:
     """Run the sweep's unfinished trials on Ray Tune and write the results table.
 
     Holds the sweep's lock throughout: a second launch of the same sweep raises SweepLocked.
+    ``expect_nodes`` (the sbatch job's node count): wait up to ``join_timeout`` s
+    for that many Ray nodes and ``say`` how many joined. A stop request
+    (mixsweep.stop, SIGTERM) before the trials start runs none of them.
     """
     paths = SweepPaths.of(spec.runs_dir, spec.name)
     with paths.lock():
         return _run_locked(paths, spec, trials, ray_address=ray_address,
                            max_concurrent=max_concurrent, wandb_mode=wandb_mode,
-                           progress=progress, num_cpus=num_cpus, say=say)
+                           progress=progress, num_cpus=num_cpus, expect_nodes=expect_nodes,
+                           join_timeout=join_timeout, say=say)
 
 
 def _run_locked(paths: SweepPaths, spec: SweepSpec, trials: list[TrialConfig], *,
                 ray_address: str | None, max_concurrent: int | None, wandb_mode: str | None,
-                progress: Progress | None, num_cpus: int | None,
-                say: Callable[[str], None]) -> SweepOutcome:
+                progress: Progress | None, num_cpus: int | None, expect_nodes: int,
+                join_timeout: float, say: Say) -> SweepOutcome:
     t0 = time.perf_counter()
     sweep_root = paths.root.resolve()
     _raise_disk_error(sweep_root)  # full or read-only: say so before Ray starts
     todo = [c for c in trials if not is_finished(paths, c)]
     skipped = len(trials) - len(todo)
-    res = spec.resources
-    if todo:
-        mode = usable_mode(wandb_mode or spec.tracking.wandb.mode, spec.name, say)
-        init_ray(ray_address, num_cpus)
-        common = {
-            "sweep": spec.name, "sweep_id": paths.sweep_id(), "sweep_root": str(sweep_root),
-            "cpus": res.cpus_per_trial, "wandb_mode": mode,
-            "wandb_project": spec.tracking.wandb.project, "wandb_entity": spec.tracking.wandb.entity,
-        }
-        trainable = tune.with_resources(
-            _trainable, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
-        )
-        counts = _Counts(len(trials), skipped, progress)
-        tuner = tune.Tuner(
-            trainable,
-            param_space={
-                **common,
-                "trial": tune.grid_search([c.model_dump(mode="json") for c in todo]),
-            },
-            tune_config=tune.TuneConfig(
-                num_samples=1, max_concurrent_trials=max_concurrent or res.max_concurrent,
-                # a new worker process per trial costs ~2.5 s each on 2 cores; reused: ~0.2 s
-                reuse_actors=True,
-                trial_name_creator=_trial_name,
-                trial_dirname_creator=_trial_name,
-            ),
-            run_config=tune.RunConfig(
-                name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
-                storage_path=str(sweep_root / "ray"),
-                failure_config=tune.FailureConfig(max_failures=res.max_failures),
-                callbacks=[counts],
-                verbose=0,
-            ),
-        )
-        previous = _forward_sigterm()
-        try:
-            grid = tuner.fit()
-            _record_errors(paths, grid)
-        except Exception:
-            _raise_disk_error(sweep_root)  # Ray's own files cut short by a full disk, ...
-            raise
-        finally:
+    previous = stop.install()
+    try:
+        mode = spec.tracking.wandb.mode
+        if todo and not stop.requested():
+            mode = usable_mode(wandb_mode or spec.tracking.wandb.mode, spec.name, say)
+            init_ray(ray_address, num_cpus)
+        if todo and expect_nodes and not stop.requested():
+            wait_for_nodes(expect_nodes, join_timeout, say)
+        if todo and not stop.requested():
+            try:
+                grid = _tuner(spec, paths, todo, sweep_root, mode, max_concurrent,
+                              _Counts(len(trials), skipped, progress)).fit()
+                _record_errors(paths, grid)
+            except Exception:
+                _raise_disk_error(sweep_root)  # Ray's own files cut short by a full disk, ...
+                raise
+    finally:
+        if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     rows = collect_rows(paths, trials)
     try:
@@ -237,6 +251,40 @@ def _raise_disk_error(root: Path) -> None:
             os.fsync(f.fileno())
     except OSError as err:
         raise OSError(err.errno, err.strerror, str(root)) from None
+
+
+def _tuner(spec: SweepSpec, paths: SweepPaths, todo: list[TrialConfig], sweep_root: Path,
+           wandb_mode: str, max_concurrent: int | None, counts: _Counts) -> tune.Tuner:
+    res = spec.resources
+    common = {
+        "sweep": spec.name, "sweep_id": paths.sweep_id(), "sweep_root": str(sweep_root),
+        "cpus": res.cpus_per_trial, "wandb_mode": wandb_mode,
+        "wandb_project": spec.tracking.wandb.project, "wandb_entity": spec.tracking.wandb.entity,
+    }
+    trainable = tune.with_resources(
+        _trainable, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
+    )
+    return tune.Tuner(
+        trainable,
+        param_space={
+            **common,
+            "trial": tune.grid_search([c.model_dump(mode="json") for c in todo]),
+        },
+        tune_config=tune.TuneConfig(
+            num_samples=1, max_concurrent_trials=max_concurrent or res.max_concurrent,
+            # a new worker process per trial costs ~2.5 s each on 2 cores; reused: ~0.2 s
+            reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(sweep_root / "ray"),
+            failure_config=tune.FailureConfig(max_failures=res.max_failures),
+            callbacks=[counts],
+            verbose=0,
+        ),
+    )
 
 
 def _record_errors(paths: SweepPaths, grid: Any) -> None:

@@ -23,6 +23,24 @@ torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """SLURM tests (marker ``slurm``) change the system: they run only with MIXSWEEP_SLURM_TESTS=1."""
+    if os.environ.get("MIXSWEEP_SLURM_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="SLURM tests install and start a local SLURM as root: "
+                                   "set MIXSWEEP_SLURM_TESTS=1 to run them")
+    for item in items:
+        if item.get_closest_marker("slurm") is not None:
+            item.add_marker(skip)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Leave the machine as the session found it (a SLURM the tests started goes down)."""
+    slurm_env = sys.modules.get("slurm_env")
+    if slurm_env is not None:
+        slurm_env.stop_local_slurm()
+
+
 @pytest.fixture
 def repo() -> Path:
     """The repository root (sweep files live in ``sweeps/``)."""

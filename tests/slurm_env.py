@@ -1,8 +1,14 @@
-"""Start the single-node SLURM of slurm/local-cluster.sh for tests, or skip with the reason."""
+"""Start the local SLURM of slurm/local-cluster.sh (1 or 3 nodes) for tests, or skip with the reason.
+
+SLURM tests change the system (apt-get install, /etc/slurm, daemons, network
+namespaces): they run only with MIXSWEEP_SLURM_TESTS=1 (.ci/run sets it); a plain
+``pytest`` skips them without touching anything.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -12,6 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "slurm" / "local-cluster.sh"
+OPT_IN = "MIXSWEEP_SLURM_TESTS"
+_session = {"before": None, "started": False}  # the shape found up before the session, if any
 
 
 def _can_be_root() -> bool:
@@ -21,25 +29,35 @@ def _can_be_root() -> bool:
     return bool(sudo) and subprocess.run([sudo, "-n", "true"], capture_output=True).returncode == 0
 
 
-def start_local_slurm() -> tuple[dict[str, str], bool]:
-    """(the export lines as a dict, whether this call started it). Skips when it cannot run."""
-    if os.environ.get("MIXSWEEP_SKIP_SLURM") == "1":
-        pytest.skip("MIXSWEEP_SKIP_SLURM=1")
+def require_opt_in() -> None:
+    if os.environ.get(OPT_IN) != "1":
+        pytest.skip(f"SLURM tests install and start a local SLURM as root: set {OPT_IN}=1 to run them")
+
+
+def start_local_slurm(nodes: int = 1) -> tuple[dict[str, str], bool]:
+    """(the export lines as a dict, whether this call (re)started it). Skips when it cannot run."""
+    require_opt_in()
     if not _can_be_root():
         pytest.skip("SLURM tests start a local SLURM (slurm/local-cluster.sh): needs root or passwordless sudo")
     if not shutil.which("sbatch") and not shutil.which("apt-get"):
         pytest.skip("SLURM tests need SLURM installed, or apt-get to install it (Debian/Ubuntu)")
-    proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=900, env={**os.environ, "CI": "true"})
+    proc = subprocess.run(["bash", str(SCRIPT), "up", "--nodes", str(nodes)], capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=900,
+                          env={**os.environ, "CI": "true"})
     if proc.returncode != 0:
-        pytest.fail(f"slurm/local-cluster.sh failed:\n{proc.stderr[-4000:]}")
+        pytest.fail(f"slurm/local-cluster.sh --nodes {nodes} failed:\n{proc.stderr[-4000:]}")
     env = {}
     for line in proc.stdout.splitlines():
         if line.startswith("export ") and "=" in line:
             key, value = line.removeprefix("export ").split("=", 1)
             env[key] = value
+    already = re.search(r"already up \((\d+) node", proc.stderr)
+    if already and not _session["started"] and _session["before"] is None:
+        _session["before"] = int(already.group(1))
+    started = already is None
+    _session["started"] |= started
     _require_empty_queue()
-    return env, "already up" not in proc.stderr
+    return env, started
 
 
 def queued_jobs() -> list[str]:
@@ -58,8 +76,13 @@ def _require_empty_queue(timeout: float = 60) -> None:
 
 
 def stop_local_slurm() -> None:
-    subprocess.run(["bash", str(SCRIPT), "down"], capture_output=True, stdin=subprocess.DEVNULL,
+    """Leave the machine as the session found it: down, or back to the shape that was up."""
+    if not _session["started"]:
+        return
+    args = ["down"] if _session["before"] is None else ["up", "--nodes", str(_session["before"])]
+    subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, stdin=subprocess.DEVNULL,
                    timeout=300)
+    _session["started"] = False
 
 
 def squeue_state(job_id: str) -> str | None:
@@ -82,9 +105,8 @@ def wait_for(pred, timeout: float, what: str, every: float = 1.0):
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-@pytest.fixture(scope="session")
-def local_slurm():
-    env, started = start_local_slurm()
+def _cluster(nodes: int):
+    env, started = start_local_slurm(nodes)
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield {**env, "started_here": "1" if started else ""}  # a cluster the tests may restart
@@ -93,5 +115,15 @@ def local_slurm():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    if started:  # leave a cluster that was already up as it was
-        stop_local_slurm()
+
+
+@pytest.fixture(scope="module")
+def local_slurm():
+    """The single-node cluster (the machine itself is the node)."""
+    yield from _cluster(1)
+
+
+@pytest.fixture(scope="module")
+def local_slurm3():
+    """Three nodes (node1..node3), each slurmd in its own network/UTS/mount namespace."""
+    yield from _cluster(3)

@@ -277,3 +277,95 @@ def test_trial_crashing_in_ray_is_recorded_as_error_and_resumable(tmp_path):
     table = pd.read_csv(tmp_path / "runs/tiny/results.csv")
     assert list(table["status"]) == ["error"]
     assert "DataError" in table["reason"][0] and "data_batch_1" in table["reason"][0]
+
+
+# `mixsweep launch` with SIGTERM sent at a chosen moment: before Ray is imported (while the
+# datasets are checked), inside ray.init (which installs its own TERM handler), or after
+# ray.init but before Ray Tune has installed its own stop handler.
+EARLY_TERM = r'''
+import os, signal, sys
+where, spec = sys.argv[1], sys.argv[2]
+
+def term():
+    os.kill(os.getpid(), signal.SIGTERM)
+
+if where == "datasets":
+    import mixsweep.data.datasets as d
+    real_check = d.ensure_available
+    def check(*a, **k):
+        term()
+        return real_check(*a, **k)
+    d.ensure_available = check
+elif where == "ray.init":
+    import ray._private.worker as w
+    real_connect = w.connect
+    def connect(*a, **k):  # ray.init's own TERM handler (sys.exit) is in place by now
+        term()
+        return real_connect(*a, **k)
+    w.connect = connect
+elif where == "fit":
+    from ray import tune
+    real_fit = tune.Tuner.fit
+    def fit(self):
+        term()
+        return real_fit(self)
+    tune.Tuner.fit = fit
+from mixsweep.cli import main
+sys.argv = ["mixsweep", "launch", spec]
+main()
+'''
+
+
+@pytest.mark.parametrize("where", ["datasets", pytest.param("ray.init", marks=pytest.mark.slow),
+                                   pytest.param("fit", marks=pytest.mark.slow)])
+def test_early_sigterm_stops_cleanly(tmp_path, where):
+    """A TERM that reaches the driver before Ray Tune listens (SLURM sends it on requeue or
+    preemption whenever it comes) stops the sweep cleanly: exit 3, resumable, no traceback."""
+    path = write_sweep(tmp_path, train__epochs=2, seeds=[0])
+    proc = subprocess.run([sys.executable, "-c", EARLY_TERM, where, str(path)], cwd=tmp_path,
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 3, out[-3000:]
+    assert "resume with: mixsweep launch" in proc.stderr and "Traceback" not in out, out[-3000:]
+    table = pd.read_csv(tmp_path / "runs/tiny/results.csv")
+    assert len(table) == 2 and "completed" not in set(table["status"])
+    assert (tmp_path / "runs/tiny/spec.yaml").is_file()
+
+
+FAKE_SLURM = {  # a job of the sweep is RUNNING
+    "squeue": "#!/bin/sh\nexit 0\n",
+    "scontrol": "#!/bin/sh\necho 'JobId=41 JobName=mixsweep-tiny JobState=RUNNING Reason=None "
+                "Restarts=0 NodeList=node1'\n",
+    "sbatch": "#!/bin/sh\necho 'sbatch must not be called' >&2; exit 1\n",
+}
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_launch_leaves_spec_of_active_job_alone(tmp_path, local):
+    """With a job of the sweep still queued or running, `launch` of an edited file refuses
+    (one line, exit 2) before it rewrites runs/<sweep>/spec.yaml: the job's next requeue
+    re-reads that file. --local is refused too (two drivers would run the same trials)."""
+    path = write_sweep(tmp_path, slurm={"time": "10"})
+    sweep = tmp_path / "runs" / "tiny"
+    (sweep / "slurm").mkdir(parents=True)
+    (sweep / "slurm" / "job_id").write_text("41\n")
+    (sweep / "spec.yaml").write_text("name: tiny  # what the running job uses\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in FAKE_SLURM.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = {**ENV, "PATH": f"{bin_dir}{os.pathsep}{ENV['PATH']}"}
+    env.pop("SLURM_JOB_ID", None)
+    proc = cli("launch", str(path), *(["--local"] if local else []), cwd=tmp_path, env=env,
+               timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error: sweep 'tiny' already has SLURM job 41 (RUNNING)")
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert (sweep / "spec.yaml").read_text() == "name: tiny  # what the running job uses\n"
+    # the job's own driver (it runs `launch --local` inside job 41) may go on
+    code = ("import sys; from pathlib import Path; from mixsweep.slurm import require_no_active_job;"
+            "require_no_active_job('tiny', Path(sys.argv[1]), own_job='41')")
+    inside = subprocess.run([sys.executable, "-c", code, str(sweep)], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert inside.returncode == 0, inside.stderr

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -53,10 +54,14 @@ def test_4x8_layout():
     assert "--open-mode=append" in sbatch and "--constraint=a100" in sbatch
     assert "--output=/home/user/study/runs/k_points/slurm/slurm-%j.log" in sbatch
     assert re.search(r"^NNODES=4$", text, re.M) and re.search(r"^NUM_GPUS=8$", text, re.M)
-    # workers: one srun task on each of the other 3 nodes, none on the head
+    assert "--no-kill" in sbatch  # a lost node ends its Ray worker, not the job
+    # workers: one srun step on each of the other 3 nodes (a lost node ends only its own)
     srun = text[text.index("srun "):text.index("ray_worker\" &")]
-    assert "--nodes=$((NNODES - 1)) --ntasks=$((NNODES - 1)) --ntasks-per-node=1" in srun
-    assert '--exclude="$HEAD_NODE"' in srun and '--cpus-per-task="$NUM_CPUS"' in srun
+    assert 'for node in "${NODES[@]:1}"' in text
+    assert '--nodes=1 --ntasks=1 --nodelist="$node"' in srun and "--no-kill" in srun
+    assert '--cpus-per-task="$NUM_CPUS"' in srun
+    # the driver waits for all nodes and says how many joined
+    assert '--expect-nodes "$NNODES"' in text
     # head and driver run in the batch shell on the first node
     assert "start --head" in text and "launch \"$SPEC_FILE\" --local --ray-address" in text
     # the user's setup lines come verbatim, before Ray starts
@@ -167,3 +172,62 @@ def test_shellcheck(tmp_path, what):
 def test_hadolint():
     proc = subprocess.run(["hadolint", str(ROOT / "docker" / "Dockerfile")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _pick_port_base(tmp_path: Path, job: int) -> int:
+    """Run the script's pick_port_base for job id `job` (reservations in tmp_path)."""
+    text = slurm.render_sbatch(**SPEC_4X8)
+    fn = text[text.index("pick_port_base() {"):text.index("\nrelease_ports()")]
+    env = {**os.environ, "SLURM_JOB_ID": str(job), "MIXSWEEP_PORT_DIR": str(tmp_path)}
+    out = subprocess.run(["bash", "-c", fn + "\npick_port_base"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout)
+
+
+def test_port_blocks_are_free_and_below_ephemeral_range(tmp_path):
+    """Each job's Ray ports: a block of 200 below 32000 (the kernel's ephemeral range starts at
+    32768), the first one from SLURM_JOB_ID % 110 on that no socket uses and no other job has
+    just reserved: two jobs with ids equal mod 110 (or 250) never share a port."""
+    import socket
+
+    first = _pick_port_base(tmp_path, 5)
+    if first != 11000:  # something on this machine uses block 5; the rule still holds
+        assert 10000 <= first < 32000 - 199
+    assert (tmp_path / f"{first}.5").is_file()  # reserved until Ray has bound its ports
+    # a job whose id is equal mod 110 prefers the same block: the reservation moves it on
+    second = _pick_port_base(tmp_path, 115)
+    assert second != first and 10000 <= second <= 32000 - 200 and (second - 10000) % 200 == 0
+    # a stale reservation (> 2 min) does not count; a port in use does
+    old = time.time() - 300
+    os.utime(tmp_path / f"{first}.5", (old, old))
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", first + 7))
+        s.listen()
+        third = _pick_port_base(tmp_path, 225)  # 225 % 110 == 5 as well
+        assert third not in (first, second)
+    os.utime(tmp_path / f"{first}.5", (old, old))
+    assert _pick_port_base(tmp_path, 335) == first  # block free again: taken
+    # every block lies below 32000: the largest preferred block, 109
+    assert _pick_port_base(tmp_path, 109) + 199 < 32000
+
+
+def test_ray_temp_dir_is_per_job_and_node(tmp_path):
+    """Ray's temp dir names the job and the node, so nodes that share /tmp never share one
+    (they did: a worker then failed to join), and stays short for Ray's socket paths."""
+    text = slurm.render_sbatch(**SPEC_4X8)
+    fn = text[text.index("ray_tmp_dir() {"):text.index("\n# ray_start_args")]
+    fake = tmp_path / "hostname"
+    fake.write_text('#!/bin/sh\n[ "$1" = -s ] && echo "${FAKE_HOST%%.*}" || echo "$FAKE_HOST"\n')
+    fake.chmod(0o755)
+
+    def tmp_dir(host: str) -> str:
+        env = {**os.environ, "SLURM_JOB_ID": "4242", "FAKE_HOST": host,
+               "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+        return subprocess.run(["bash", "-c", fn + "\nray_tmp_dir"], capture_output=True,
+                              text=True, env=env, check=True).stdout.strip()
+
+    assert tmp_dir("gpu017.cluster.example.org") == "/tmp/ray_4242_gpu017"
+    assert tmp_dir("gpu018") != tmp_dir("gpu017")
+    assert len(tmp_dir("a-very-long-node-name-indeed-0001")) <= len("/tmp/ray_4242_") + 20

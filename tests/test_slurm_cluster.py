@@ -1,5 +1,7 @@
 """The sbatch script on a real single-node SLURM (slurm/local-cluster.sh), with a stand-in driver.
 
+Runs only with MIXSWEEP_SLURM_TESTS=1 (it installs and starts SLURM as root).
+
 The real Ray cluster starts and stops inside the job; the driver is tests/fake_driver.py
 (connects to that cluster, runs one task, logs each start). The real sweep driver is
 exercised by test_slurm_e2e.py. Skipped when SLURM cannot be started (not root / no apt).
@@ -55,7 +57,7 @@ def _driver_log(root: Path) -> list[str]:
 
 def _ray_processes(job: str) -> list[str]:
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if f"/tmp/ray_{job}" in line]
+    return [line for line in out.splitlines() if f"/tmp/ray_{job}_" in line]
 
 
 def _finished(job: str) -> str | None:
@@ -124,13 +126,14 @@ def _kill9(pidfile: Path) -> None:
     os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
 
 
-def test_restart_after_killed_daemons_clears_stale_jobs(local_slurm):  # noqa: F811
+def test_restart_after_killed_daemons_clears_stale_jobs(local_slurm, tmp_path):  # noqa: F811
     """Daemons killed without `down` (machine reset) leave a RUNNING job in the saved state;
     the next `up` must not let it hold the node until its time limit."""
     if not local_slurm["started_here"]:
         pytest.skip("kills the SLURM daemons: only on a cluster this test session started")
-    out = subprocess.run(["sbatch", "--parsable", "-t", "30", "--wrap", "exec sleep 3001"],
-                         capture_output=True, text=True, check=True)
+    # jobs write their output in tmp_path (sbatch's default: slurm-<id>.out in the cwd)
+    out = subprocess.run(["sbatch", "--parsable", "-t", "30", "-o", "/dev/null", "--wrap",
+                          "exec sleep 3001"], capture_output=True, text=True, check=True, cwd=tmp_path)
     job = out.stdout.strip().split(";")[0]
     assert wait_for(lambda: squeue_state(job) == "RUNNING", 60, f"job {job} to run")
     run = Path(local_slurm["SLURM_CI_STATE_DIR"]) / "run"
@@ -145,7 +148,7 @@ def test_restart_after_killed_daemons_clears_stale_jobs(local_slurm):  # noqa: F
     assert up.returncode == 0, up.stderr
     assert "dropping any jobs saved by an earlier run" in up.stderr
     assert squeue_state(job) is None and queued_jobs() == []
-    out = subprocess.run(["sbatch", "--parsable", "-t", "1", "--wrap", "true"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(["sbatch", "--parsable", "-t", "1", "-o", "/dev/null", "--wrap", "true"],
+                         capture_output=True, text=True, check=True, cwd=tmp_path)
     fresh = out.stdout.strip().split(";")[0]
     assert wait_for(lambda: _finished(fresh), 30, f"job {fresh} to run on the freed node") == "COMPLETED"

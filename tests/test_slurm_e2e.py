@@ -1,8 +1,9 @@
 """A real sweep through SLURM: `mixsweep launch FILE` -> sbatch -> Ray cluster -> results.
 
-Runs on the single-node SLURM of slurm/local-cluster.sh (started by the fixture; skipped
-with the reason when it cannot be: not root, no apt-get). Each test submits a small digits
-sweep on CPU and waits for the job.
+Runs on the single-node SLURM of slurm/local-cluster.sh (started by the fixture; only with
+MIXSWEEP_SLURM_TESTS=1, skipped with the reason when it cannot run: not root, no apt-get).
+Each test submits a small digits sweep on CPU and waits for the job. Requeue, node loss and
+multi-node runs of the real driver: test_slurm_multinode.py.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _no_duplicate_epochs(paths: SweepPaths) -> None:
 
 def _ray_left(job: str) -> list[str]:
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [x for x in out.splitlines() if f"/tmp/ray_{job}" in x]
+    return [x for x in out.splitlines() if f"/tmp/ray_{job}_" in x]
 
 
 def test_sweep_completes_in_sbatch_job(launch):
@@ -97,33 +98,6 @@ def test_sweep_completes_in_sbatch_job(launch):
     assert len(rows) == n and rows["trial_id"].is_unique and set(rows["status"]) == {"completed"}
     assert log.count("==== start: job") == 1  # one run, no requeue
     assert "ray head on" in log and "==== end: exit code 0" in log
-    _no_duplicate_epochs(paths)
-    assert not _ray_left(job), "a Ray process outlived the job"
-
-
-def test_requeue_mid_sweep_resumes(launch):
-    """scontrol requeue once some trials are done and one runs: finished ones are not re-run."""
-    paths, job, n = launch("e2e_requeue", seeds=[0, 1, 2], epochs=4, max_concurrent=1)
-
-    def some_done_some_running():
-        done = {t: r for t, r in _results(paths).items() if r["status"] == "completed"}
-        running = [p for p in paths.trials.glob("*/metrics.jsonl")
-                   if p.parent.name not in done and len(read_jsonl(p)) >= 2]
-        return done if done and running and len(done) < n else None
-
-    done = wait_for(some_done_some_running, 300, "a completed and a running trial", every=0.5)
-    mtimes = {t: (paths.trial(t).result).stat().st_mtime_ns for t in done}
-    subprocess.run(["scontrol", "requeue", job], check=True)
-    state = wait_for(lambda: _state(job), 400, f"requeued job {job}", every=2)
-    log = _log(paths, job)
-    assert state == "COMPLETED", log[-3000:]
-    assert "restart 0" in log and "restart 1" in log
-    results = _results(paths)
-    assert len(results) == n and all(r["status"] == "completed" for r in results.values())
-    for t, mtime in mtimes.items():  # trials finished before the requeue were not run again
-        assert paths.trial(t).result.stat().st_mtime_ns == mtime, t
-    rows = read_results(paths)
-    assert len(rows) == n and rows["trial_id"].is_unique and set(rows["status"]) == {"completed"}
     _no_duplicate_epochs(paths)
     assert not _ray_left(job), "a Ray process outlived the job"
 

@@ -3,8 +3,12 @@
 # appears below; they all come in through the quoted settings above.
 #
 # A Ray cluster inside this allocation: the head on the first node (this batch
-# shell's node), one worker per other node via srun, the sweep driver on the
-# head. Ports come from SLURM_JOB_ID (two sweeps on one node never share one).
+# shell's node), one worker per other node (one srun step each, so a lost node
+# takes only its own worker with it), the sweep driver on the head. Each node
+# picks its own block of 200 ports below 32000 (under the kernel's ephemeral
+# range): the first, from one derived from SLURM_JOB_ID, that no process on the
+# node uses or has just reserved (two sweeps on one node never share a port).
+# Ray's temp dir is per job and per node (/tmp may be shared by the nodes).
 # --signal=B:USR1@grace sends USR1 to this shell before the time limit: the
 # driver stops cleanly (finished trials stay, running ones keep their last
 # epoch's checkpoint), Ray is stopped, and the job requeues itself; the next
@@ -40,6 +44,55 @@ node_ip() {
   printf '%s\n' "${ip:-127.0.0.1}"
 }
 
+# pick_port_base: the first port of a free block of 200 on this node, from the block
+# (SLURM_JOB_ID % 110) on, wrapping; all blocks lie in [10000, 32000). Free: no TCP
+# socket on the node has a port in it, and no other job reserved it in the last 2
+# minutes (a reservation covers the time between this choice and Ray binding the
+# ports). The choice is made under a lock, so two jobs starting at once differ.
+pick_port_base() {
+  local dir=${MIXSWEEP_PORT_DIR:-/tmp/mixsweep-ports} fd used=' ' line port i b base f now
+  mkdir -p "$dir" && chmod 1777 "$dir" 2>/dev/null || true
+  [ -e "$dir/lock" ] || { : >>"$dir/lock" && chmod 0666 "$dir/lock"; } 2>/dev/null || true
+  exec {fd}<"$dir/lock"
+  flock -w 60 "$fd" || true
+  for f in /proc/net/tcp /proc/net/tcp6; do
+    [ -r "$f" ] || continue
+    while read -r _ line _; do
+      port=${line##*:}
+      [[ $port =~ ^[0-9A-F]+$ ]] && used+="$((16#$port)) "
+    done <"$f"
+  done
+  now=$(date +%s)
+  for ((i = 0; i < 110; i++)); do
+    b=$(((SLURM_JOB_ID + i) % 110)) base=$((10000 + b * 200))
+    for f in "$dir/$base".*; do # reservations: <base>.<jobid>, mtime = when made
+      [ -e "$f" ] && [ "$f" != "$dir/$base.$SLURM_JOB_ID" ] &&
+        [ $((now - $(stat -c %Y "$f" 2>/dev/null || echo 0))) -lt 120 ] && continue 2
+    done
+    for port in $used; do
+      [ "$port" -ge "$base" ] && [ "$port" -lt $((base + 200)) ] && continue 2
+    done
+    : >"$dir/$base.$SLURM_JOB_ID" 2>/dev/null || true
+    exec {fd}<&-
+    echo "$base"
+    return 0
+  done
+  exec {fd}<&-
+  echo "no free block of 200 ports in [10000, 32000) on $(hostname)" >&2
+  return 1
+}
+
+release_ports() { rm -f "${MIXSWEEP_PORT_DIR:-/tmp/mixsweep-ports}/${PORT_BASE:-}.$SLURM_JOB_ID"; }
+
+# ray_tmp_dir: Ray's temp dir on this node: per job and per node, short (Ray's socket
+# paths must stay under 107 bytes).
+ray_tmp_dir() {
+  local host
+  host=$(hostname -s 2>/dev/null || hostname)
+  host=${host//[^A-Za-z0-9._-]/_}
+  printf '/tmp/ray_%s_%s\n' "$SLURM_JOB_ID" "${host:0:20}"
+}
+
 # ray_start_args: options shared by head and workers, one per line.
 ray_start_args() {
   local shm
@@ -57,25 +110,47 @@ ray_start_args() {
   fi
 }
 
-# ray_worker: runs on each non-head node (a task of the srun step below).
+# ray_worker: runs on each non-head node (the task of its srun step below). Ray's own
+# output goes to a file beside its temp dir; a worker that fails says so in one line.
 ray_worker() {
-  local args
+  local args out pid rc=0 stopping=0
+  PORT_BASE=$(pick_port_base) || { log "ray worker on $(hostname) cannot join: no free ports"; return 0; }
+  RAY_TMP=$(ray_tmp_dir)
+  export PORT_BASE RAY_TMP
   mapfile -t args < <(ray_start_args)
-  log "ray worker on $(hostname) ($(node_ip)) joins $RAY_ADDRESS"
-  run_in "$PYTHON" -m ray.scripts.scripts start --address="$RAY_ADDRESS" "${args[@]}"
+  out=$RAY_TMP.out
+  log "ray worker on $(hostname) ($(node_ip), ports $PORT_BASE+) joins $RAY_ADDRESS"
+  (run_in "$PYTHON" -m ray.scripts.scripts start --address="$RAY_ADDRESS" "${args[@]}") >"$out" 2>&1 &
+  pid=$!
+  trap 'stopping=1; kill -TERM "$pid" 2>/dev/null || true' USR1 TERM INT
+  while :; do
+    wait "$pid" && rc=0 || rc=$?
+    kill -0 "$pid" 2>/dev/null || break
+  done
+  release_ports
+  if [ "$stopping" = 0 ]; then
+    log "ray worker on $(hostname) failed (exit $rc): $(grep -v '^[[:space:]]*$' "$out" | tail -n 1) (full output: $out on $(hostname))"
+  else
+    rm -rf "$RAY_TMP" "$out"
+  fi
+  return 0
 }
 
-# stop_ray: TERM the Ray processes this script started, wait (KILL after 30 s),
-# so that no Ray process outlives the job.
+# stop_ray: stop the Ray processes this script started, all at once, wait (KILL after
+# 40 s), so that no Ray process outlives the job. The workers get USR1 through their
+# srun (srun passes it on to the task; a TERM would make srun kill the task at once,
+# leaving its temp dir behind), the head TERM.
 stop_ray() {
   local pid i
+  for pid in ${WORKERS_PID:-}; do kill -USR1 "$pid" 2>/dev/null || true; done
+  if [ -n "${HEAD_PID:-}" ]; then kill -TERM "$HEAD_PID" 2>/dev/null || true; fi
   for pid in ${WORKERS_PID:-} ${HEAD_PID:-}; do
-    kill -TERM "$pid" 2>/dev/null || continue
-    for ((i = 0; i < 300; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for ((i = 0; i < 400; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
   WORKERS_PID='' HEAD_PID=''
+  release_ports
 }
 
 REQUEUE=0 CANCEL=0 STOP=0 DRIVER_PID='' HEAD_PID='' WORKERS_PID=''
@@ -107,10 +182,11 @@ log "==== start: job ${SLURM_JOB_ID:?not inside a SLURM job} restart ${SLURM_RES
   "on $(hostname), ${SLURM_JOB_NUM_NODES:-1} node(s): sweep $SWEEP"
 cd "$WORKDIR"
 
-PORT_BASE=$((10000 + (SLURM_JOB_ID % 250) * 200))
-RAY_TMP=/tmp/ray_${SLURM_JOB_ID} # short: Ray's socket paths must stay under 107 bytes
-HEAD_NODE=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-$(hostname)}" | head -n 1)
-export PYTHON CONTAINER NUM_CPUS NUM_GPUS PORT_BASE RAY_TMP
+PORT_BASE=$(pick_port_base) || exit 1
+RAY_TMP=$(ray_tmp_dir)
+mapfile -t NODES < <(scontrol show hostnames "${SLURM_JOB_NODELIST:-$(hostname)}")
+HEAD_NODE=${NODES[0]}
+export PYTHON CONTAINER NUM_CPUS NUM_GPUS
 RAY_ADDRESS="$(node_ip):$PORT_BASE"
 export RAY_ADDRESS RAY_USAGE_STATS_ENABLED=0
 # Anyone who reaches a Ray port can run code as you: token auth with a fresh token
@@ -127,21 +203,21 @@ mapfile -t head_args < <(ray_start_args)
 if (run_in "$PYTHON" -c 'import grpc') >/dev/null 2>&1; then
   head_args+=(--ray-client-server-port=$((PORT_BASE + 3)))
 fi
-log "ray head on $HEAD_NODE at $RAY_ADDRESS ($NUM_CPUS CPUs, $NUM_GPUS GPUs per node, temp dir $RAY_TMP)"
+log "ray head on $HEAD_NODE at $RAY_ADDRESS (ports $PORT_BASE+; $NUM_CPUS CPUs, $NUM_GPUS GPUs per node; temp dir $RAY_TMP)"
 run_in "$PYTHON" -m ray.scripts.scripts start --head --port="$PORT_BASE" --include-dashboard=false \
   "${head_args[@]}" &
 HEAD_PID=$!
 
-if [ "$NNODES" -gt 1 ]; then
-  gres=()
-  [ "$NUM_GPUS" -gt 0 ] && gres=(--gres="gpu:$NUM_GPUS")
-  # one task per other node; the function text travels as the command, the settings
-  # through the environment (srun exports it).
-  srun --nodes=$((NNODES - 1)) --ntasks=$((NNODES - 1)) --ntasks-per-node=1 \
-    --exclude="$HEAD_NODE" --cpus-per-task="$NUM_CPUS" ${gres[@]+"${gres[@]}"} --kill-on-bad-exit=0 \
-    bash -c "$(declare -f log run_in node_ip ray_start_args ray_worker); ray_worker" &
-  WORKERS_PID=$!
-fi
+gres=()
+[ "$NUM_GPUS" -gt 0 ] && gres=(--gres="gpu:$NUM_GPUS")
+# one srun step per other node (a failed node ends only its own step); the function
+# text travels as the command, the settings through the environment (srun exports it).
+for node in "${NODES[@]:1}"; do
+  srun --nodes=1 --ntasks=1 --nodelist="$node" --cpus-per-task="$NUM_CPUS" ${gres[@]+"${gres[@]}"} \
+    --kill-on-bad-exit=0 --no-kill \
+    bash -c "$(declare -f log run_in node_ip pick_port_base release_ports ray_tmp_dir ray_start_args ray_worker); ray_worker" &
+  WORKERS_PID+=" $!"
+done
 
 # wait until the head's GCS port accepts connections
 for ((i = 0; i < 600; i++)); do
@@ -153,8 +229,9 @@ done
 
 rc=0
 if [ "$STOP" = 0 ]; then
-  log "driver: mixsweep launch $SPEC_FILE --local --ray-address $RAY_ADDRESS"
-  run_in "$PYTHON" -m mixsweep.cli launch "$SPEC_FILE" --local --ray-address "$RAY_ADDRESS" &
+  log "driver: mixsweep launch $SPEC_FILE --local --ray-address $RAY_ADDRESS --expect-nodes $NNODES"
+  run_in "$PYTHON" -m mixsweep.cli launch "$SPEC_FILE" --local --ray-address "$RAY_ADDRESS" \
+    --expect-nodes "$NNODES" --join-timeout "${MIXSWEEP_JOIN_TIMEOUT:-120}" &
   DRIVER_PID=$!
   # a trap interrupts `wait`; wait again until the driver has really exited
   while :; do
