@@ -34,6 +34,22 @@ def require_opt_in() -> None:
         pytest.skip(f"SLURM tests install and start a local SLURM as root: set {OPT_IN}=1 to run them")
 
 
+def _shared_tmp() -> str:
+    """The names under /tmp that every node must see as this machine does (each node has
+    its own /tmp): pytest's folders and, where the package or Python lives under /tmp
+    (a clone checked out there, as CI may do), their top folder."""
+    import getpass
+    import sys
+
+    import mixsweep
+
+    names = set(os.environ.get("SLURM_CI_SHARED_TMP", "").split()) | {f"pytest-of-{getpass.getuser()}"}
+    for path in (Path(mixsweep.__file__).resolve(), Path(sys.prefix).resolve(), ROOT):
+        if len(path.parts) > 2 and path.parts[1] == "tmp":
+            names.add(path.parts[2])
+    return " ".join(sorted(names))
+
+
 def start_local_slurm(nodes: int = 1) -> tuple[dict[str, str], bool]:
     """(the export lines as a dict, whether this call (re)started it). Skips when it cannot run."""
     require_opt_in()
@@ -43,7 +59,7 @@ def start_local_slurm(nodes: int = 1) -> tuple[dict[str, str], bool]:
         pytest.skip("SLURM tests need SLURM installed, or apt-get to install it (Debian/Ubuntu)")
     proc = subprocess.run(["bash", str(SCRIPT), "up", "--nodes", str(nodes)], capture_output=True,
                           text=True, stdin=subprocess.DEVNULL, timeout=900,
-                          env={**os.environ, "CI": "true"})
+                          env={**os.environ, "CI": "true", "SLURM_CI_SHARED_TMP": _shared_tmp()})
     if proc.returncode != 0:
         pytest.fail(f"slurm/local-cluster.sh --nodes {nodes} failed:\n{proc.stderr[-4000:]}")
     env = {}
