@@ -14,6 +14,7 @@ appended across requeues, one ``==== start`` marker per run).
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -167,14 +168,21 @@ def sbatch_script(spec: SweepSpec, workdir: Path | None = None, python: str | No
     )
 
 
+# Variables that name a resource of this process only: a job inherits the submitting
+# environment (sbatch --export=ALL), and wandb in the job would try this process's
+# service socket, which does not exist on the compute nodes, and fail every trial.
+PROCESS_LOCAL_ENV = ("WANDB_SERVICE",)
+
+
 def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     if shutil.which(cmd[0]) is None:
         raise SlurmNotFound(
             f"{cmd[0]} not found on PATH: run this on a SLURM login node, start a local one "
             "(sudo bash slurm/local-cluster.sh), or run the sweep here with --local"
         )
+    env = {k: v for k, v in os.environ.items() if k not in PROCESS_LOCAL_ENV}
     return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          timeout=60, check=False)
+                          timeout=60, check=False, env=env)
 
 
 def recorded_job(sweep_root: Path) -> str | None:

@@ -139,6 +139,21 @@ def test_submit_without_sbatch(tmp_path, monkeypatch):
         slurm.submit(spec, Path("x.yaml"))
 
 
+def test_job_gets_no_process_local_variables(tmp_path, monkeypatch):
+    """A wandb service socket of the submitting process must not reach the job's nodes."""
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\nenv > "{tmp_path}/env.txt"\necho "Submitted batch job 42"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("WANDB_SERVICE", "unix-1234-/tmp/wandb-1234/socket")
+    monkeypatch.setenv("MIXSWEEP_KEEP_ME", "yes")
+    proc = slurm._run(["sbatch", "job.sbatch"])
+    assert proc.returncode == 0
+    env = (tmp_path / "env.txt").read_text()
+    assert "MIXSWEEP_KEEP_ME=yes" in env and "WANDB_SERVICE" not in env
+
+
 def test_job_state_and_cancel_without_job(tmp_path):
     assert slurm.job_state(tmp_path) is None
     with pytest.raises(slurm.SlurmError, match="nothing to cancel"):
