@@ -49,7 +49,9 @@ def _sweep(tmp_path: Path, name: str, *, seeds: list[int], epochs: int, cpus: in
         "name": name, "runs_dir": str(tmp_path / "runs"),
         "data": {"dataset": "digits", "labeled_fraction": 1.0},
         "model": {"arch": "cnn", "width": 8},
-        "train": {"epochs": epochs, "batch_size": 128, "lr": 0.05, "device": "cpu"},
+        # checkpoint every epoch: the tests kill or requeue after a given epoch
+        "train": {"epochs": epochs, "batch_size": 128, "lr": 0.05, "device": "cpu",
+                  "checkpoint_seconds": 0},
         "mixup": {"mode": list(modes), "k": 2, "alpha": 1.0},
         "linearity": {"probes": 64, "every": epochs},
         "seeds": seeds,
