@@ -127,7 +127,8 @@ def _ns_pids(node: str) -> list[int]:
 def _trials_open_on(node: str, paths: SweepPaths) -> set[str]:
     """Trial ids whose files (W&B run, metrics) a process on `node` has open."""
     ids = set()
-    pattern = re.compile(rf"{re.escape(str(paths.root))}/(?:trials/|wandb/offline-run-[\d_]+-)([0-9a-f]{{12}})")
+    # W&B run folders: offline-run-<time>-<sweep_id>-<trial_id> (sweep_id: 8 hex)
+    pattern = re.compile(rf"{re.escape(str(paths.root))}/(?:trials/|wandb/offline-run-[\d_]+-(?:[0-9a-f]{{8}}-)?)([0-9a-f]{{12}})")
     for pid in _ns_pids(node):
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
