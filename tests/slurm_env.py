@@ -53,13 +53,15 @@ def _shared_tmp() -> str:
 def start_local_slurm(nodes: int = 1) -> tuple[dict[str, str], bool]:
     """(the export lines as a dict, whether this call (re)started it). Skips when it cannot run."""
     require_opt_in()
+    # every later `local-cluster.sh up` of this session (a test restarting a node) binds the same
+    os.environ["SLURM_CI_SHARED_TMP"] = _shared_tmp()
     if not _can_be_root():
         pytest.skip("SLURM tests start a local SLURM (slurm/local-cluster.sh): needs root or passwordless sudo")
     if not shutil.which("sbatch") and not shutil.which("apt-get"):
         pytest.skip("SLURM tests need SLURM installed, or apt-get to install it (Debian/Ubuntu)")
     proc = subprocess.run(["bash", str(SCRIPT), "up", "--nodes", str(nodes)], capture_output=True,
                           text=True, stdin=subprocess.DEVNULL, timeout=900,
-                          env={**os.environ, "CI": "true", "SLURM_CI_SHARED_TMP": _shared_tmp()})
+                          env={**os.environ, "CI": "true"})
     if proc.returncode != 0:
         pytest.fail(f"slurm/local-cluster.sh --nodes {nodes} failed:\n{proc.stderr[-4000:]}")
     env = {}
