@@ -421,31 +421,33 @@ def _data_points(spec: SweepSpec) -> list[dict[str, Any]]:
         if not isinstance(labels, dict):
             points.append(d)
             continue
-        if d["dataset"] not in labels:
-            raise SpecError([f"data.num_labels: the map has no entry for dataset {d['dataset']!r} "
-                             f"(name every dataset of the sweep; [null] = use labeled_fraction)"])
-        points += [{**d, "num_labels": n} for n in labels[d["dataset"]]]
+        counts = _map_entry(labels, d["dataset"], "data.num_labels", "dataset",
+                            "name every dataset of the sweep; [null] = use labeled_fraction")
+        points += [{**d, "num_labels": n} for n in counts]
     return points
+
+
+def _map_entry(value: dict[str, Any], key: str, where: str, kind: str, advice: str) -> Any:
+    """``value[key]`` of a per-dataset / per-mode map, or the one-line error naming the gap."""
+    if key not in value:
+        raise SpecError([f"{where}: the map has no entry for {kind} {key!r} ({advice})"])
+    return value[key]
 
 
 def _resolve_target(train: dict[str, Any], dataset: str) -> float | None:
     target = train["target_accuracy"]
     if isinstance(target, dict):
-        if dataset not in target:
-            raise SpecError([f"train.target_accuracy: the map has no entry for dataset {dataset!r} "
-                             f"(name every dataset of the sweep, e.g. {dataset}: "
-                             f"{DEFAULT_TARGETS[dataset]})"])
-        return target[dataset]
+        return _map_entry(target, dataset, "train.target_accuracy", "dataset",
+                          f"name every dataset of the sweep, e.g. {dataset}: "
+                          f"{DEFAULT_TARGETS[dataset]}")
     return DEFAULT_TARGETS[dataset] if target is None else target
 
 
 def _resolve_hint(train: dict[str, Any], mode: str) -> float | None:
     hint = train["epoch_seconds_hint"]
     if isinstance(hint, dict):
-        if mode not in hint:
-            raise SpecError([f"train.epoch_seconds_hint: the map has no entry for mode {mode!r} "
-                             "(name every mode of the sweep)"])
-        return hint[mode]
+        return _map_entry(hint, mode, "train.epoch_seconds_hint", "mode",
+                          "name every mode of the sweep")
     return hint
 
 
