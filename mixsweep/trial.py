@@ -286,6 +286,7 @@ def run_trial(
     report: Report | None = None,
     *,
     device: str | torch.device | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate one trial; returns the final result record.
 
@@ -295,6 +296,9 @@ def run_trial(
             result.json); resumes from its checkpoint. None: keep nothing.
         report: called with each epoch's record, once per epoch across kills and resumes.
         device: overrides ``train.device``.
+        on_result: called with the final record before ``result.json`` is written (the
+            W&B run is finished there): a kill in between leaves the trial unfinished, and
+            its rerun resumes from the last epoch's checkpoint and calls it again.
     """
     wall0 = time.perf_counter()
     paths = TrialPaths(Path(out_dir)) if out_dir is not None else None
@@ -365,6 +369,8 @@ def run_trial(
         record(rec)
     result = _summary(cfg, run, status, reason, time.perf_counter() - wall0)
     result["notes"] = notes
+    if on_result is not None:
+        on_result(result)
     if paths is not None:
         atomic_write_json(paths.result, result)
     return result

@@ -79,8 +79,9 @@ def _trainable(config: dict[str, Any]) -> None:
         tracker.log_epoch(rec)
         tune.report({"epoch": rec["epoch"], "test_acc": rec["test_acc"], "trial_id": cfg.trial_id})
 
-    result = run_trial(cfg, trial_dir.root, report)
-    tracker.finish(result)
+    # the W&B run is finished before result.json marks the trial done: a kill in between
+    # reruns the trial from its last checkpoint, which only finishes the run again
+    run_trial(cfg, trial_dir.root, report, on_result=tracker.finish)
 
 
 class _Counts(tune.Callback):

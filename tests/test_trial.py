@@ -141,6 +141,37 @@ def test_completed_result_is_returned_without_rerunning(
         run_trial(trial_cfg(seed=1, train={"epochs": 1}, **small), tmp_path / "t")
 
 
+def test_kill_between_finishing_w_and_b_and_result_json_finishes_again(
+    trial_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """on_result (the W&B finish) comes before result.json: a kill in between leaves the
+    trial unfinished; the rerun trains nothing, reports no epoch twice, and calls it again."""
+    small = {"model": {"width": 4}, "linearity": {"probes": 16}}
+    cfg = trial_cfg(train={"epochs": 2}, **small)
+    seen: list[int] = []
+
+    def killed(_result: dict[str, Any]) -> None:
+        raise Killed("killed after the W&B run was finished")
+
+    with pytest.raises(Killed):
+        run_trial(cfg, tmp_path / "t", lambda r: seen.append(r["epoch"]), on_result=killed)
+    paths = TrialPaths(tmp_path / "t")
+    assert not paths.result.exists() and seen == [0, 1, 2]
+    metrics = paths.metrics.read_bytes()
+
+    def no_training(*_a, **_k):
+        raise AssertionError("an epoch was trained again")
+
+    monkeypatch.setattr(trial_mod._Run, "train_epoch", no_training)
+    finished: list[dict[str, Any]] = []
+    res = run_trial(cfg, tmp_path / "t", lambda r: seen.append(r["epoch"]),
+                    on_result=finished.append)
+    assert seen == [0, 1, 2]  # nothing reported twice
+    assert len(finished) == 1 and finished[0]["status"] == "completed"
+    assert json.loads(paths.result.read_text()) == json.loads(json.dumps(res))
+    assert res["epochs_done"] == 2 and paths.metrics.read_bytes() == metrics
+
+
 def test_checkpoint_of_another_trial_is_not_resumed(trial_cfg, tmp_path: Path) -> None:
     small = {"model": {"width": 4}, "linearity": {"probes": 16, "every": 1}}
     cfg_a = trial_cfg(seed=0, train={"epochs": 2}, **small)
