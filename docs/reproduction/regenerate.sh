@@ -2,7 +2,7 @@
 # Regenerates every number and figure of docs/reproduction.md from the repository root:
 #   bash docs/reproduction/regenerate.sh          # the three small sweeps, then the reports
 #   bash docs/reproduction/regenerate.sh report   # only the reports (the sweeps have run)
-# The sweeps take about 25 min on 2 CPU cores; relaunching one that finished re-runs nothing.
+# The sweeps take about 23 min on 2 CPU cores; relaunching one that finished re-runs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=docs/reproduction
