@@ -142,6 +142,22 @@ class LinearityConfig(_Frozen):
     seed: int = 0
 
 
+def label_problem(dataset: str, fraction: float, num_labels: int | None) -> str | None:
+    """Why a trial's labels are not well defined (a fraction and a count, or a count that is
+    not equal per class), or None: the one rule of the sweep file and of TrialConfig."""
+    if num_labels is None:
+        return None
+    if fraction != 1.0:
+        return (f"data: a trial uses labeled_fraction or num_labels, not both (got "
+                f"labeled_fraction {fraction} with num_labels {num_labels}); put them in "
+                "separate sweeps")
+    classes = NUM_CLASSES[dataset]
+    if num_labels % classes:
+        return (f"data.num_labels: {num_labels} is not a multiple of the {classes} classes of "
+                f"{dataset} (an equal number of labels per class)")
+    return None
+
+
 # Keys that describe the environment a trial runs in, not the trial: they do
 # not enter the trial id, so moving data or switching device never re-runs.
 _NOT_IDENTITY = {
@@ -190,15 +206,9 @@ class TrialConfig(_Frozen):
 
     @model_validator(mode="after")
     def _one_label_rule(self) -> TrialConfig:
-        d = self.data
-        if d.num_labels is not None:
-            if d.labeled_fraction != 1.0:
-                raise ValueError("data: set labeled_fraction or num_labels, not both "
-                                 f"(got {d.labeled_fraction} and {d.num_labels})")
-            classes = NUM_CLASSES[d.dataset]
-            if d.num_labels % classes:
-                raise ValueError(f"data.num_labels: {d.num_labels} is not a multiple of the "
-                                 f"{classes} classes of {d.dataset} (labels are equal per class)")
+        problem = label_problem(self.data.dataset, self.data.labeled_fraction, self.data.num_labels)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @property
@@ -452,16 +462,9 @@ def _resolve_hint(train: dict[str, Any], mode: str) -> float | None:
 
 
 def _check_labels(d: dict[str, Any]) -> None:
-    if d["num_labels"] is None:
-        return
-    if d["labeled_fraction"] != 1.0:
-        raise SpecError([f"data: a trial uses labeled_fraction or num_labels, not both "
-                         f"(got labeled_fraction {d['labeled_fraction']} with num_labels "
-                         f"{d['num_labels']}); put them in separate sweeps"])
-    classes = NUM_CLASSES[d["dataset"]]
-    if d["num_labels"] % classes:
-        raise SpecError([f"data.num_labels: {d['num_labels']} is not a multiple of the {classes} "
-                         f"classes of {d['dataset']} (an equal number of labels per class)"])
+    problem = label_problem(d["dataset"], d["labeled_fraction"], d["num_labels"])
+    if problem is not None:
+        raise SpecError([problem])
 
 
 def _collapse_mixup(m: dict[str, Any]) -> dict[str, Any]:
