@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from mixsweep.data.loaders import MemoryLoader, epoch_generator
+from mixsweep.data.loaders import MemoryLoader, epoch_generator, step_row
 from mixsweep.mixup import ema_decay, ema_update, mix_draw, mixup_losses, rampup
 
 Log = Callable[[str], None]
@@ -161,18 +161,22 @@ class TrainStep:
         steps = range(step0, step0 + self.steps)
         base, lam = self.sched.base_lrs[0], self.sched.lr_lambdas[0]
         out = {"lr": torch.tensor([float(base) * lam(s) for s in steps], dtype=torch.float32)}
-        m = self.cfg.mixup
         if self.teacher is not None:
-            out["weight"] = torch.tensor(
-                [m.unsup_weight * rampup(s / self.total_steps, m.rampup) for s in steps],
-                dtype=torch.float32)
-            out["decay"] = torch.tensor([ema_decay(s, m.ema_max_decay) for s in steps],
-                                        dtype=torch.float64)
+            out["weight"] = torch.tensor([self._weight(s) for s in steps], dtype=torch.float32)
+            out["decay"] = torch.tensor([self._decay(s) for s in steps], dtype=torch.float64)
         return out
 
+    def _weight(self, step: int) -> float:
+        """The consistency weight of global step ``step``: the configured weight x the ramp."""
+        m = self.cfg.mixup
+        return m.unsup_weight * rampup(step / self.total_steps, m.rampup)
+
+    def _decay(self, step: int) -> float:
+        """The EMA teacher's decay at global step ``step``."""
+        return ema_decay(step, self.cfg.mixup.ema_max_decay)
+
     def _pick(self, key: str, i: int | torch.Tensor) -> torch.Tensor:
-        t = self.table[key]
-        return t[i] if isinstance(i, int) else t.index_select(0, i).squeeze(0)
+        return step_row(self.table[key], i)
 
     def _mix(self, i: int | torch.Tensor) -> dict[str, Any]:
         return {f"mix_{p}": (self._pick(f"{p}_lam", i), self._pick(f"{p}_perms", i))
@@ -195,10 +199,7 @@ class TrainStep:
 
     def _host_step(self, batch, i: int, step: int) -> None:
         """One step, per-step scalars computed on the host (no device read)."""
-        m = self.cfg.mixup
-        weight = 0.0
-        if self.teacher is not None:
-            weight = m.unsup_weight * rampup(step / self.total_steps, m.rampup)
+        weight = self._weight(step) if self.teacher is not None else 0.0
         losses = self._losses(batch, i, weight)
         self._track(losses, i)
         self.opt.zero_grad(set_to_none=True)
@@ -206,7 +207,7 @@ class TrainStep:
         self.opt.step()
         self.sched.step()
         if self.teacher is not None:
-            ema_update(self.teacher, self.model, ema_decay(step, m.ema_max_decay))
+            ema_update(self.teacher, self.model, self._decay(step))
 
     def _device_step(self) -> None:
         """One step read entirely from device state (what a CUDA graph captures)."""

@@ -118,6 +118,12 @@ class LoaderBase:
         """Kind-specific preparation, after the shared fields are set."""
 
 
+def step_row(table: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
+    """Row ``i`` of a per-step table; ``i`` may be a 1-element device tensor (a step counter
+    read inside a CUDA graph): indexed on the device, no host sync."""
+    return table[i] if isinstance(i, int) else table.index_select(0, i).squeeze(0)
+
+
 class MemoryLoader(LoaderBase):
     """The whole dataset on the device; augmentation batched there."""
 
@@ -166,8 +172,7 @@ class MemoryLoader(LoaderBase):
         """Step ``i``'s batch from ``draws`` already on the device; ``i`` may be a
         1-element device tensor (a step counter read inside a CUDA graph): no host sync."""
         def pick(key: str) -> torch.Tensor:
-            t = d[key]
-            return t[i] if isinstance(i, int) else t.index_select(0, i).squeeze(0)
+            return step_row(d[key], i)
 
         def images(name: str) -> torch.Tensor:
             idx = pick(name)
