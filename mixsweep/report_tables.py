@@ -102,9 +102,9 @@ def _markdown(rows: list[dict[str, Any]], columns: list[str] | None = None) -> s
     return "\n".join(lines) + "\n"
 
 
-def summary_rows(data: ReportData, epoch: int | None) -> list[dict[str, Any]]:
-    """Per cell: accuracy, epochs to target, and NL (intermediate mean, logits, probs)."""
-    frame = trial_frame(data, epoch)
+def summary_rows(data: ReportData, frame: pd.DataFrame, epoch: int | None) -> list[dict[str, Any]]:
+    """Per cell of ``frame`` (``trial_frame``): accuracy, epochs to target, and NL
+    (intermediate mean, logits, probs)."""
     rows = []
     for cell, g in _cells(frame, data):
         _, med = censored_median(g["epochs_to_target"], g["reached_target"])
@@ -125,9 +125,9 @@ def summary_rows(data: ReportData, epoch: int | None) -> list[dict[str, Any]]:
     return rows
 
 
-def layer_rows(data: ReportData, when: str, epoch: int | None) -> list[dict[str, Any]]:
-    """Per cell: NL of every probe layer (network order) at ``when`` (end/early/target)."""
-    frame = trial_frame(data, epoch)
+def layer_rows(data: ReportData, frame: pd.DataFrame, when: str) -> list[dict[str, Any]]:
+    """Per cell of ``frame`` (``trial_frame``): NL of every probe layer (network order) at
+    ``when`` (end/early/target)."""
     rows = []
     for cell, g in _cells(frame, data):
         n = int(g[[f"{when}.{x}" for x in data.layers]].notna().any(axis=1).sum())
@@ -142,6 +142,7 @@ def layer_rows(data: ReportData, when: str, epoch: int | None) -> list[dict[str,
 def render_markdown(data: ReportData, epoch: int | None = None) -> str:
     """Every table, with a short header saying what each number is."""
     epoch = early_epoch(data) if epoch is None else epoch
+    frame = trial_frame(data, epoch)  # every table below is a view of it
     mid = ", ".join(intermediate_layers(data.layers))
     parts = [
         f"# Tables: {', '.join(data.sweeps)}\n",
@@ -154,9 +155,9 @@ def render_markdown(data: ReportData, epoch: int | None = None) -> str:
         "target: median counting never-reached (censored) trials as later than every observed "
         "epoch.\n",
         "## Summary per cell\n",
-        _markdown(summary_rows(data, epoch)),
+        _markdown(summary_rows(data, frame, epoch)),
     ]
     for when, title in (("end", "at the end of training"), ("early", f"at epoch {epoch}"),
                         ("target", "at matched accuracy (first epoch at target)")):
-        parts += [f"\n## NL per layer {title}\n", _markdown(layer_rows(data, when, epoch), data.layers)]
+        parts += [f"\n## NL per layer {title}\n", _markdown(layer_rows(data, frame, when), data.layers)]
     return "\n".join(parts)
