@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mixsweep.bench import CIFAR_EPOCH, Log, cifar_like, engine
+from mixsweep.bench import CIFAR_EPOCH, Log, _sync, cifar_like, engine
 from mixsweep.data.loaders import make_loader
 from mixsweep.data.split import labeled_split
 from mixsweep.models import build_model
@@ -78,11 +78,6 @@ def _sizes(quick: bool, device: torch.device) -> dict[str, Any]:
         return {"images": 128, "big": 32, "small": 16, "arch": "cnn", "pack": (1, 2), "bf16": False}
     return {"images": 4096 if quick else CIFAR_EPOCH, "big": 512, "small": 128, "arch": "resnet18",
             "pack": (1, 2, 4), "bf16": True}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bare_loop(images: int, batch: int, device: torch.device, arch: str, bf16: bool):
