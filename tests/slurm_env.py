@@ -7,6 +7,7 @@ namespaces): they run only with MIXSWEEP_SLURM_TESTS=1 (.ci/run sets it); a plai
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -145,3 +146,29 @@ def local_slurm():
 def local_slurm3():
     """Three nodes (node1..node3), each slurmd in its own network/UTS/mount namespace."""
     yield from _cluster(3)
+
+
+# the states a job ends in (scontrol shows them until SLURM forgets the job)
+DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
+
+
+def finished_state(job: str) -> str | None:
+    """The job's end state once it has ended, else None (a ``wait_for`` predicate)."""
+    state = squeue_state(job)
+    return state if state in DONE else None
+
+
+def job_log(sweep_root: Path, job: str) -> str:
+    """The sweep job's log (runs/<sweep>/slurm/slurm-<job>.log, appended across requeues)."""
+    return (sweep_root / "slurm" / f"slurm-{job}.log").read_text()
+
+
+def ray_left(job: str) -> list[str]:
+    """Command lines of the processes still using the job's Ray temp dirs (/tmp/ray_<job>_*)."""
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [x for x in out.splitlines() if f"/tmp/ray_{job}_" in x]
+
+
+def trial_results(trials: Path) -> dict[str, dict]:
+    """{trial id: result.json} of the trial folders under ``trials``."""
+    return {p.parent.name: json.loads(p.read_text()) for p in trials.glob("*/result.json")}

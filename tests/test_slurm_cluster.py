@@ -17,7 +17,16 @@ import time
 from pathlib import Path
 
 import pytest
-from slurm_env import SCRIPT, local_slurm, queued_jobs, squeue_state, wait_for  # noqa: F401
+from slurm_env import (  # noqa: F401
+    SCRIPT,
+    finished_state,
+    job_log,
+    local_slurm,
+    queued_jobs,
+    ray_left,
+    squeue_state,
+    wait_for,
+)
 
 from mixsweep import slurm
 from mixsweep.spec import parse_spec
@@ -55,22 +64,12 @@ def _driver_log(root: Path) -> list[str]:
     return path.read_text().splitlines() if path.is_file() else []
 
 
-def _ray_processes(job: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if f"/tmp/ray_{job}_" in line]
-
-
-def _finished(job: str) -> str | None:
-    state = squeue_state(job)
-    return state if state in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"} else None
-
-
 def test_job_runs_ray_cluster_and_completes(sweep):
     root, submit = sweep
     job = submit(seconds=1)
     assert (root / "slurm" / "job_id").read_text().strip() == job
     assert (root / "slurm" / "job.sbatch").is_file() and (root / "spec.yaml").is_file()
-    assert wait_for(lambda: _finished(job), 120, f"job {job} to finish") == "COMPLETED"
+    assert wait_for(lambda: finished_state(job), 120, f"job {job} to finish") == "COMPLETED"
     lines = _driver_log(root)
     assert lines[0].startswith("start restart=0 nodes=1") and "answer=42" in lines[0]
     assert lines[-1] == "done restart=0"
@@ -78,7 +77,7 @@ def test_job_runs_ray_cluster_and_completes(sweep):
     assert info["state"] == "COMPLETED" and info["job_id"] == job and info["restarts"] == 0
     log = Path(info["log"]).read_text()
     assert log.count("==== start: job") == 1 and "==== end: exit code 0" in log
-    assert not _ray_processes(job), "a Ray process outlived the job"
+    assert not ray_left(job), "a Ray process outlived the job"
 
 
 def test_usr1_stops_and_requeues(sweep):
@@ -92,11 +91,11 @@ def test_usr1_stops_and_requeues(sweep):
     lines = _driver_log(root)
     assert [x.split()[0] for x in lines] == ["start", "stopped", "start"], lines
     assert slurm.job_state(root)["restarts"] == 1
-    log = (root / "slurm" / f"slurm-{job}.log").read_text()
+    log = job_log(root, job)
     assert "restart 0" in log and "restart 1" in log and "==== requeueing job" in log
     assert slurm.cancel(root) == job
-    assert wait_for(lambda: _finished(job), 90, "the cancel") == "CANCELLED"
-    assert not _ray_processes(job), "a Ray process outlived the job"
+    assert wait_for(lambda: finished_state(job), 90, "the cancel") == "CANCELLED"
+    assert not ray_left(job), "a Ray process outlived the job"
 
 
 def test_scontrol_requeue_resumes(sweep):
@@ -104,7 +103,7 @@ def test_scontrol_requeue_resumes(sweep):
     job = submit(seconds=15)
     wait_for(lambda: _driver_log(root), 90, "the driver to start")
     subprocess.run(["scontrol", "requeue", job], check=True)
-    assert wait_for(lambda: _finished(job), 150, "the requeued job to complete") == "COMPLETED"
+    assert wait_for(lambda: finished_state(job), 150, "the requeued job to complete") == "COMPLETED"
     lines = _driver_log(root)
     assert [x.split()[0] for x in lines] == ["start", "stopped", "start", "done"], lines
     assert lines[2].startswith("start restart=1")
@@ -116,10 +115,10 @@ def test_cancel_stops_job(sweep):
     job = submit(seconds=600)
     wait_for(lambda: _driver_log(root), 90, "the driver to start")
     assert slurm.cancel(root) == job
-    assert wait_for(lambda: _finished(job), 90, "the cancel") == "CANCELLED"
+    assert wait_for(lambda: finished_state(job), 90, "the cancel") == "CANCELLED"
     assert _driver_log(root)[-1] == "stopped restart=0"  # the driver got TERM and stopped
     assert (root / "spec.yaml").is_file()
-    assert not _ray_processes(job), "a Ray process outlived the job"
+    assert not ray_left(job), "a Ray process outlived the job"
 
 
 def _kill9(pidfile: Path) -> None:
@@ -151,4 +150,4 @@ def test_restart_after_killed_daemons_clears_stale_jobs(local_slurm, tmp_path): 
     out = subprocess.run(["sbatch", "--parsable", "-t", "1", "-o", "/dev/null", "--wrap", "true"],
                          capture_output=True, text=True, check=True, cwd=tmp_path)
     fresh = out.stdout.strip().split(";")[0]
-    assert wait_for(lambda: _finished(fresh), 30, f"job {fresh} to run on the freed node") == "COMPLETED"
+    assert wait_for(lambda: finished_state(fresh), 30, f"job {fresh} to run on the freed node") == "COMPLETED"

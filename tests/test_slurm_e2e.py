@@ -8,7 +8,6 @@ multi-node runs of the real driver: test_slurm_multinode.py.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,13 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from slurm_env import local_slurm, squeue_state, wait_for  # noqa: F401
+from slurm_env import finished_state, job_log, local_slurm, ray_left, wait_for  # noqa: F401
 
 from mixsweep.store import SweepPaths, read_jsonl, read_results
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
-DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -65,41 +63,23 @@ def launch(tmp_path, local_slurm):  # noqa: F811
         subprocess.run(["scancel", job], capture_output=True)
 
 
-def _state(job: str) -> str | None:
-    state = squeue_state(job)
-    return state if state in DONE else None
-
-
-def _log(paths: SweepPaths, job: str) -> str:
-    return (paths.slurm / f"slurm-{job}.log").read_text()
-
-
-def _results(paths: SweepPaths):
-    return {p.parent.name: json.loads(p.read_text()) for p in paths.trials.glob("*/result.json")}
-
-
 def _no_duplicate_epochs(paths: SweepPaths) -> None:
     for metrics in paths.trials.glob("*/metrics.jsonl"):
         epochs = [r["epoch"] for r in read_jsonl(metrics)]
         assert epochs == sorted(set(epochs)), f"{metrics}: epochs {epochs}"
 
 
-def _ray_left(job: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [x for x in out.splitlines() if f"/tmp/ray_{job}_" in x]
-
-
 def test_sweep_completes_in_sbatch_job(launch):
     paths, job, n = launch("e2e_ok", seeds=[0, 1], epochs=2, max_concurrent=2)
-    state = wait_for(lambda: _state(job), 300, f"job {job}", every=2)
-    log = _log(paths, job)
+    state = wait_for(lambda: finished_state(job), 300, f"job {job}", every=2)
+    log = job_log(paths.root, job)
     assert state == "COMPLETED", log[-3000:]
     rows = read_results(paths)
     assert len(rows) == n and rows["trial_id"].is_unique and set(rows["status"]) == {"completed"}
     assert log.count("==== start: job") == 1  # one run, no requeue
     assert "ray head on" in log and "==== end: exit code 0" in log
     _no_duplicate_epochs(paths)
-    assert not _ray_left(job), "a Ray process outlived the job"
+    assert not ray_left(job), "a Ray process outlived the job"
 
 
 def test_cancel_stops_job(launch, tmp_path):
@@ -108,8 +88,8 @@ def test_cancel_stops_job(launch, tmp_path):
              300, "a trial to finish an epoch", every=0.5)
     proc = _cli("cancel", "e2e_cancel", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert proc.returncode == 0 and f"cancelled SLURM job {job}" in proc.stdout, proc.stderr
-    assert wait_for(lambda: _state(job), 120, f"job {job} to stop", every=1) == "CANCELLED"
-    assert not _ray_left(job), "a Ray process outlived the job"
+    assert wait_for(lambda: finished_state(job), 120, f"job {job} to stop", every=1) == "CANCELLED"
+    assert not ray_left(job), "a Ray process outlived the job"
     status = _cli("status", "e2e_cancel", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert status.returncode == 0 and f"SLURM job {job}: CANCELLED" in status.stdout, status.stderr
     assert yaml.safe_load(paths.spec.read_text())["name"] == "e2e_cancel"

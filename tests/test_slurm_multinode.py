@@ -9,7 +9,6 @@ two sweeps run side by side without sharing a port. Runs only with MIXSWEEP_SLUR
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -21,7 +20,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from slurm_env import SCRIPT, local_slurm3, squeue_state, wait_for  # noqa: F401
+from slurm_env import (  # noqa: F401
+    SCRIPT,
+    finished_state,
+    job_log,
+    local_slurm3,
+    ray_left,
+    trial_results,
+    wait_for,
+)
 from wandb_reader import logged_epochs
 
 from mixsweep import slurm
@@ -31,7 +38,6 @@ from mixsweep.store import SweepPaths, read_jsonl, read_results
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 NODES = ("node1", "node2", "node3")
-DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
 JOINED3 = re.compile(r"^ray cluster: 3 of 3 nodes joined \(node1, node2, node3; 6 CPUs\)$", re.M)
 
 
@@ -82,26 +88,13 @@ def launch(tmp_path, local_slurm3):  # noqa: F811
         subprocess.run(["scancel", job], capture_output=True)
 
 
-def _finished(job: str) -> str | None:
-    state = squeue_state(job)
-    return state if state in DONE else None
-
-
-def _log(paths: SweepPaths, job: str) -> str:
-    return (paths.slurm / f"slurm-{job}.log").read_text()
-
-
-def _results(paths: SweepPaths) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text()) for p in paths.trials.glob("*/result.json")}
-
-
 def _epochs(paths: SweepPaths, trial: str) -> list[int]:
     return [r["epoch"] for r in read_jsonl(paths.trial(trial).root / "metrics.jsonl")]
 
 
 def _all_trials_once(paths: SweepPaths, n: int, epochs: int) -> dict[str, dict]:
     """Every trial completed exactly once, each epoch in metrics.jsonl and in W&B exactly once."""
-    results = _results(paths)
+    results = trial_results(paths.trials)
     rows = read_results(paths)
     assert len(rows) == n and rows["trial_id"].is_unique and set(rows["status"]) == {"completed"}
     assert len(results) == n and {r["status"] for r in results.values()} == {"completed"}
@@ -110,11 +103,6 @@ def _all_trials_once(paths: SweepPaths, n: int, epochs: int) -> dict[str, dict]:
         logged = logged_epochs(paths.root, t)
         assert sorted(logged) == list(range(epochs + 1)), (t, logged)  # each once, none missing
     return results
-
-
-def _ray_left(job: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [x for x in out.splitlines() if f"/tmp/ray_{job}_" in x]
 
 
 def _ns_pids(node: str) -> list[int]:
@@ -162,8 +150,8 @@ def test_sweep_spreads_over_three_nodes(launch, tmp_path, capsys):
     assert again.returncode == 2 and f"already has SLURM job {job}" in again.stderr, again.stderr
     assert paths.spec.read_bytes() == spec_before
 
-    state = wait_for(lambda: _finished(job), 400, f"job {job}", every=2)
-    log = _log(paths, job)
+    state = wait_for(lambda: finished_state(job), 400, f"job {job}", every=2)
+    log = job_log(paths.root, job)
     assert state == "COMPLETED", log[-4000:]
     joined = JOINED3.search(log)
     assert joined, log[-4000:]
@@ -180,7 +168,7 @@ def test_sweep_spreads_over_three_nodes(launch, tmp_path, capsys):
     report = _cli("report", str(paths.root), "--out", str(tmp_path / "r.html"), "--figures",
                   "acc_epochs", cwd=tmp_path)
     assert report.returncode == 0 and (tmp_path / "r.html").stat().st_size > 0, report.stderr
-    assert not _ray_left(job), "a Ray process outlived the job"
+    assert not ray_left(job), "a Ray process outlived the job"
 
 
 def test_node_loss_mid_sweep(launch, tmp_path, capsys):
@@ -203,8 +191,8 @@ def test_node_loss_mid_sweep(launch, tmp_path, capsys):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        state = wait_for(lambda: _finished(job), 500, f"job {job} after losing node3", every=2)
-        log = _log(paths, job)
+        state = wait_for(lambda: finished_state(job), 500, f"job {job} after losing node3", every=2)
+        log = job_log(paths.root, job)
         assert state == "COMPLETED", log[-4000:]
     finally:  # bring node3 back for the next tests
         up = subprocess.run(["bash", str(SCRIPT), "up", "--nodes", "3"], capture_output=True,
@@ -233,7 +221,7 @@ def test_requeue_mid_sweep_resumes(launch, tmp_path, how, capsys):
     paths, job = launch(_sweep(tmp_path, "requeue", seeds=[0, 1], epochs=epochs))
 
     def some_done_some_running():
-        done = {t for t, r in _results(paths).items() if r["status"] == "completed"}
+        done = {t for t, r in trial_results(paths.trials).items() if r["status"] == "completed"}
         running = [t for t in (p.parent.name for p in paths.trials.glob("*/metrics.jsonl"))
                    if t not in done and max(_epochs(paths, t), default=0) >= 1]
         return done if done and running else None
@@ -244,8 +232,8 @@ def test_requeue_mid_sweep_resumes(launch, tmp_path, how, capsys):
         subprocess.run(["scontrol", "requeue", job], check=True)
     else:
         subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
-    state = wait_for(lambda: _finished(job), 500, f"requeued job {job}", every=2)
-    log = _log(paths, job)
+    state = wait_for(lambda: finished_state(job), 500, f"requeued job {job}", every=2)
+    log = job_log(paths.root, job)
     assert state == "COMPLETED", log[-4000:]
     assert "restart 0" in log and "restart 1" in log and len(JOINED3.findall(log)) == 2
     if how.startswith("USR1"):
@@ -261,7 +249,7 @@ def test_requeue_mid_sweep_resumes(launch, tmp_path, how, capsys):
     assert resumed and not set(resumed) & set(done), resumed
     _show(capsys, f"{how}, job {job}: {len(done)} trials done before, {len(resumed)} resumed "
                   f"from checkpoints {resumed}, restarts 1")
-    assert not _ray_left(job), "a Ray process outlived the job"
+    assert not ray_left(job), "a Ray process outlived the job"
 
 
 def _listening_ports(jobs: set[str]) -> dict[str, set[tuple[str, int]]]:
@@ -323,19 +311,19 @@ def test_two_sweeps_side_by_side_no_port_collision(launch, tmp_path, monkeypatch
     ports: dict[str, set[tuple[str, int]]] = {a: set(), b: set()}
     both_up = False
     end = time.monotonic() + 500
-    while not (_finished(a) and _finished(b)) and time.monotonic() < end:
+    while not (finished_state(a) and finished_state(b)) and time.monotonic() < end:
         seen = _listening_ports({a, b})  # sampled while the jobs run
         both_up |= all(any(n == "node1" for n, _ in seen[j]) for j in (a, b))
         for j in (a, b):
             ports[j] |= seen[j]
         time.sleep(1)
-    assert _finished(a) == "COMPLETED", _log(a_paths, a)[-4000:]
-    assert _finished(b) == "COMPLETED", _log(b_paths, b)[-4000:]
+    assert finished_state(a) == "COMPLETED", job_log(a_paths.root, a)[-4000:]
+    assert finished_state(b) == "COMPLETED", job_log(b_paths.root, b)[-4000:]
     assert both_up, "the two Ray clusters never ran at the same time"
     for j in (a, b):
         assert ports[j] and all(10000 <= p < 32000 for _, p in ports[j]), (j, sorted(ports[j]))
     assert not ports[a] & ports[b], sorted(ports[a] & ports[b])
-    log_a, log_b = _log(a_paths, a), _log(b_paths, b)
+    log_a, log_b = job_log(a_paths.root, a), job_log(b_paths.root, b)
     head_a = re.search(r"ray head on node1 at \S+:(\d+)", log_a).group(1)
     head_b = re.search(r"ray head on node1 at \S+:(\d+)", log_b).group(1)
     assert head_a != head_b
