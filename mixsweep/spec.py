@@ -8,7 +8,12 @@ the product of all axes. ``expand()`` turns a ``SweepSpec`` into the list of
 ``TrialConfig`` (one per trial), collapsing axes a mode ignores (erm and mt have
 no k/alpha; erm and sup have no consistency settings) so no trial runs twice.
 
-Every model is frozen and rejects unknown keys (``extra="forbid"``).
+Every model is frozen and rejects unknown keys (``extra="forbid"``). Values that would be
+accepted but run wrong are refused here too, one line naming the key: nan/inf and booleans
+in number keys (``Int``, ``Float``), seeds outside [0, 2**32 - 1], label counts and batches
+the dataset cannot give (``TRAIN_SIZES``), a mode's null settings, SLURM times SLURM would
+misread, a grace period as long as the job, trials larger than a node, and extra_sbatch
+options that override what mixsweep renders.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
@@ -41,6 +48,23 @@ MIXING_MODES = frozenset({"sup", "unsup", "both"})  # modes that use k and alpha
 CONSISTENCY_MODES = frozenset({"unsup", "both", "mt"})  # modes with an EMA teacher
 
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "digits": 10, "synthetic": 10}
+
+# (training examples, examples of the smallest class) of each dataset's TRAIN split, known
+# before any data is read, so a label count or batch the data cannot give fails validation:
+#   cifar10    50000 train, 5000 per class (the official train batches)
+#   cifar100   50000 train, 500 per class
+#   svhn       73257 train (train_32x32.mat, without "extra"); per digit 0-9: 4948 13861
+#              10585 8497 7458 6882 5727 5595 5045 4659 -> digit 9 is the smallest, 4659
+#   digits     1437 train: sklearn's 1797 images split 80/20 stratified (data/datasets.py
+#              _digits); train per digit 142 146 142 146 145 145 145 143 139 144 -> 139
+#   synthetic  datasets.synthetic() defaults: n_train=2000, y = arange(n) % 10 -> 200 each
+TRAIN_SIZES = {
+    "cifar10": (50_000, 5_000),
+    "cifar100": (50_000, 500),
+    "svhn": (73_257, 4_659),
+    "digits": (1_437, 139),
+    "synthetic": (2_000, 200),
+}
 
 DEFAULT_TARGETS = {
     "cifar10": 0.85,
@@ -59,8 +83,40 @@ class SpecError(ValueError):
         super().__init__("\n".join(problems))
 
 
+# every model, the sweep-axis ones too: nan / inf in any float key is refused, naming the key
+_CONFIG = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _CONFIG
+
+
+def _no_bool(kind: str) -> BeforeValidator:
+    """Pydantic's lax mode reads YAML ``true`` as 1: a boolean is never a number here."""
+
+    def check(v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError(f"Input should be a valid {kind}, not true/false")
+        return v
+
+    return BeforeValidator(check)
+
+
+MAX_SEED = 2**32 - 1  # what torch's manual_seed and numpy's seeding both take
+
+
+def _seed(v: int) -> int:
+    if not 0 <= v <= MAX_SEED:
+        raise ValueError(f"a seed must be in [0, {MAX_SEED}] (2**32 - 1)")
+    return v
+
+
+# The number types of every model: Int and Float refuse booleans; Float refuses nan and inf
+# by itself (also inside maps and lists, whatever the model's config). A seed goes to
+# torch.Generator.manual_seed (split, data order, mixing, probes) and torch.manual_seed.
+Int = Annotated[int, _no_bool("integer")]
+Float = Annotated[float, _no_bool("number"), Field(allow_inf_nan=False)]
+Seed = Annotated[Int, AfterValidator(_seed)]
 
 
 # --------------------------------------------------------------------------- per-trial sections
@@ -82,12 +138,12 @@ def _ffcv_template(v: str) -> str:
 
 class DataConfig(_Frozen):
     dataset: Literal["cifar10", "cifar100", "svhn", "digits", "synthetic"] = "digits"
-    labeled_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    labeled_fraction: Annotated[Float, Field(gt=0, le=1)] = 1.0
     # a label count instead of a fraction: the same number per class (250 = 25 per CIFAR-10 class)
-    num_labels: Annotated[int, Field(ge=1)] | None = None
+    num_labels: Annotated[Int, Field(ge=1)] | None = None
     loader: Literal["memory", "torch", "ffcv"] = "memory"
     augment: bool = True
-    split_seed: int | None = None  # None: the trial's seed chooses the labeled subset
+    split_seed: Seed | None = None  # None: the trial's seed chooses the labeled subset
     root: str = "~/.cache/mixsweep/data"  # environment, not identity
     download: bool = False  # environment, not identity
     # .beton folder of `loader: ffcv` (`mixsweep data prepare`); environment, not identity
@@ -96,50 +152,50 @@ class DataConfig(_Frozen):
 
 class ModelConfig(_Frozen):
     arch: Literal["cnn", "resnet18", "wrn28_2"] = "cnn"
-    width: Annotated[int, Field(ge=1)] = 32  # base width of `cnn` (others use their paper widths)
-    depth: Annotated[int, Field(ge=2, le=32)] = 4  # `cnn` conv layers: a stem + depth-1 blocks
+    width: Annotated[Int, Field(ge=1)] = 32  # base width of `cnn` (others use their paper widths)
+    depth: Annotated[Int, Field(ge=2, le=32)] = 4  # `cnn` conv layers: a stem + depth-1 blocks
     batchnorm: bool = True  # `cnn` only; false: no BatchNorm, convs with a bias
 
 
 class TrainConfig(_Frozen):
-    epochs: Annotated[int, Field(ge=1)] = 10
-    batch_size: Annotated[int, Field(ge=2)] = 128
+    epochs: Annotated[Int, Field(ge=1)] = 10
+    batch_size: Annotated[Int, Field(ge=2)] = 128
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: Annotated[float, Field(gt=0)] = 0.05
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    lr: Annotated[Float, Field(gt=0)] = 0.05
+    momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.9
     nesterov: bool = True
-    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    weight_decay: Annotated[Float, Field(ge=0)] = 5e-4
     schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: Annotated[float, Field(ge=0)] = 0.0
+    warmup_epochs: Annotated[Float, Field(ge=0)] = 0.0
     # a number, or a per-dataset map in a sweep file; resolved to a number per trial
-    target_accuracy: Annotated[float, Field(gt=0, le=1)] | None = None
+    target_accuracy: Annotated[Float, Field(gt=0, le=1)] | None = None
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast (GPU)
     channels_last: bool = False  # GPU memory format
     compile: bool = False  # torch.compile the model
     cuda_graphs: bool = False  # capture the whole step once as a CUDA graph (CUDA, memory loader)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # environment, not identity
-    eval_batch_size: Annotated[int, Field(ge=1)] = 1024  # environment, not identity
-    epoch_seconds_hint: Annotated[float, Field(gt=0)] | None = None  # for --dry-run estimates
+    eval_batch_size: Annotated[Int, Field(ge=1)] = 1024  # environment, not identity
+    epoch_seconds_hint: Annotated[Float, Field(gt=0)] | None = None  # for --dry-run estimates
     # write checkpoint.pt when this long has passed since the last one (and at the end);
     # 0: every epoch. A kill redoes at most this much training. Environment, not identity.
-    checkpoint_seconds: Annotated[float, Field(ge=0)] = 60.0
+    checkpoint_seconds: Annotated[Float, Field(ge=0)] = 60.0
 
 
 class MixupConfig(_Frozen):
     mode: Literal["erm", "sup", "unsup", "both", "mt"] = "erm"
-    k: Annotated[int, Field(ge=2)] | None = 2
-    alpha: Annotated[float, Field(gt=0)] | None = 1.0
-    unsup_weight: Annotated[float, Field(ge=0)] | None = 10.0
-    ema_max_decay: Annotated[float, Field(ge=0, lt=1)] | None = 0.999
-    rampup: Annotated[float, Field(ge=0, le=1)] | None = 0.4  # fraction of training
+    k: Annotated[Int, Field(ge=2)] | None = 2
+    alpha: Annotated[Float, Field(gt=0)] | None = 1.0
+    unsup_weight: Annotated[Float, Field(ge=0)] | None = 10.0
+    ema_max_decay: Annotated[Float, Field(ge=0, lt=1)] | None = 0.999
+    rampup: Annotated[Float, Field(ge=0, le=1)] | None = 0.4  # fraction of training
 
 
 class LinearityConfig(_Frozen):
-    probes: Annotated[int, Field(ge=2)] = 512
-    every: Annotated[int, Field(ge=1)] = 5
-    k: Annotated[int, Field(ge=2)] = 2
-    alpha: Annotated[float, Field(gt=0)] = 1.0
-    seed: int = 0
+    probes: Annotated[Int, Field(ge=2)] = 512
+    every: Annotated[Int, Field(ge=1)] = 5
+    k: Annotated[Int, Field(ge=2)] = 2
+    alpha: Annotated[Float, Field(gt=0)] = 1.0
+    seed: Seed = 0
 
 
 def label_problem(dataset: str, fraction: float, num_labels: int | None) -> str | None:
@@ -155,6 +211,21 @@ def label_problem(dataset: str, fraction: float, num_labels: int | None) -> str 
     if num_labels % classes:
         return (f"data.num_labels: {num_labels} is not a multiple of the {classes} classes of "
                 f"{dataset} (an equal number of labels per class)")
+    smallest = TRAIN_SIZES[dataset][1]
+    if num_labels // classes > smallest:
+        return (f"data.num_labels: {num_labels} needs {num_labels // classes} labels per class; "
+                f"the smallest class of {dataset} has {smallest} training examples (at most "
+                f"{smallest * classes} labels)")
+    return None
+
+
+def batch_problem(dataset: str, batch_size: int) -> str | None:
+    """A batch larger than the training set: an epoch (ceil(train / batch) steps) would be
+    one step that repeats examples, not a pass over the data."""
+    n = TRAIN_SIZES[dataset][0]
+    if batch_size > n:
+        return (f"train.batch_size: {batch_size} is larger than the {n} training examples of "
+                f"{dataset} (at most {n})")
     return None
 
 
@@ -185,7 +256,7 @@ class TrialConfig(_Frozen):
     train: TrainConfig = TrainConfig()
     mixup: MixupConfig = MixupConfig()
     linearity: LinearityConfig = LinearityConfig()
-    seed: int = 0
+    seed: Seed = 0
 
     @property
     def trial_id(self) -> str:
@@ -228,10 +299,10 @@ class TrialConfig(_Frozen):
 
 
 class ResourcesConfig(_Frozen):
-    cpus_per_trial: Annotated[float, Field(gt=0)] = 1
-    gpus_per_trial: Annotated[float, Field(ge=0)] = 0
-    max_concurrent: Annotated[int, Field(ge=1)] | None = None
-    max_failures: Annotated[int, Field(ge=0)] = 3
+    cpus_per_trial: Annotated[Float, Field(gt=0)] = 1
+    gpus_per_trial: Annotated[Float, Field(ge=0)] = 0
+    max_concurrent: Annotated[Int, Field(ge=1)] | None = None
+    max_failures: Annotated[Int, Field(ge=0)] = 3
 
 
 _WANDB_NAME = r"^[A-Za-z0-9_.-]{1,128}$"
@@ -247,7 +318,84 @@ class TrackingConfig(_Frozen):
     wandb: WandbConfig = WandbConfig()
 
 
-_SLURM_TIME = re.compile(r"^(\d+-)?\d{1,3}:\d{2}(:\d{2})?$|^\d+$")
+_TIME_FORMS = "must be MINUTES, HH:MM:SS or D-HH:MM:SS, e.g. '24:00:00' (also D-HH, D-HH:MM)"
+_MINUTES = re.compile(r"^\d{1,6}$")
+_HMS = re.compile(r"^(\d{1,3}):(\d{2}):(\d{2})$")
+_DAYS = re.compile(r"^(\d{1,3})-(\d{1,2})(?::(\d{2})(?::(\d{2}))?)?$")
+
+
+def slurm_seconds(time: str) -> int:
+    """The seconds of a SLURM time limit, or ValueError for a form SLURM would refuse or
+    misread. Kept: MINUTES, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS. Refused: MM:SS (SLURM reads
+    "24:00" as 24 minutes; people mean hours), a minute or second field >= 60, hours >= 24
+    after a day part, and zero (SLURM reads 0 as no limit; grace_seconds needs a limit)."""
+    if _MINUTES.match(time):
+        seconds = int(time) * 60
+    elif re.match(r"^\d{1,3}:\d{2}$", time):
+        m, s = time.split(":")
+        raise ValueError(f"{time!r} is MM:SS to SLURM ({int(m)} minutes {int(s)} seconds); "
+                         f"write HH:MM:SS: '{time}:00' for {int(m)} hours, "
+                         f"'00:{time}' for {int(m)} minutes")
+    elif hms := _HMS.match(time):
+        h, m, s = (int(x) for x in hms.groups())
+        if m >= 60 or s >= 60:
+            raise ValueError(f"{time!r}: minutes and seconds must be below 60 (HH:MM:SS)")
+        seconds = h * 3600 + m * 60 + s
+    elif days := _DAYS.match(time):
+        d, h, m, s = (int(x or 0) for x in days.groups())
+        if h >= 24 or m >= 60 or s >= 60:
+            raise ValueError(f"{time!r}: after a day part hours must be below 24 and minutes "
+                             "and seconds below 60 (D-HH:MM:SS)")
+        seconds = ((d * 24 + h) * 60 + m) * 60 + s
+    else:
+        raise ValueError(_TIME_FORMS)
+    if seconds == 0:
+        raise ValueError(f"{time!r} is no time at all (SLURM reads 0 as no limit, which "
+                         "grace_seconds cannot precede); give the job's time, e.g. '24:00:00'")
+    return seconds
+
+
+# Every #SBATCH option slurm.render_sbatch writes, and those that would undo one of them,
+# by long name -> the sweep key that sets it, or why mixsweep relies on it.
+_FROM_KEY = "which mixsweep sets from {key}; set {key} instead"
+_RELIED = "which mixsweep sets itself and relies on ({why})"
+_SBATCH_OWNED = {
+    "nodes": _FROM_KEY.format(key="slurm.nodes"),
+    "cpus-per-task": _FROM_KEY.format(key="slurm.cpus_per_node"),
+    **{o: _FROM_KEY.format(key="slurm.gpus_per_node")
+       for o in ("gres", "gpus", "gpus-per-node", "gpus-per-task", "gpus-per-socket")},
+    **{o: _FROM_KEY.format(key=f"slurm.{o}") for o in ("partition", "account", "qos", "mem", "time")},
+    "job-name": _RELIED.format(why="the queue shows the job as mixsweep-<sweep name>"),
+    **{o: _RELIED.format(why="one log per job, appended across requeues, read by status")
+       for o in ("output", "error", "open-mode")},
+    **{o: _RELIED.format(why="USR1 before the time limit stops the sweep and requeues it")
+       for o in ("signal", "requeue", "no-requeue")},
+    "no-kill": _RELIED.format(why="a failed node ends its own Ray worker, not the job"),
+    **{o: _RELIED.format(why="one task per node: the Ray head or worker")
+       for o in ("ntasks", "ntasks-per-node")},
+    "array": _RELIED.format(why="one job per sweep; array tasks would each run the whole sweep"),
+}
+_SBATCH_SHORT = {"J": "job-name", "o": "output", "e": "error", "N": "nodes", "n": "ntasks",
+                 "c": "cpus-per-task", "G": "gpus", "p": "partition", "A": "account",
+                 "q": "qos", "t": "time", "a": "array", "k": "no-kill"}
+_SBATCH_FLAGS = set("HhkOQsvV")  # short options without a value: more may follow in one word
+
+
+def _sbatch_option(opt: str) -> str | None:
+    """The long name of the option an extra_sbatch entry sets, if mixsweep owns it.
+    sbatch (getopt_long) takes any unambiguous prefix of a long name, and short options
+    grouped after one '-' ("-kt5")."""
+    if opt.startswith("--"):
+        name = opt[2:].split("=", 1)[0]
+        return next((o for o in _SBATCH_OWNED if o.startswith(name)), None) if name else None
+    for ch in opt[1:]:
+        if ch in _SBATCH_SHORT:
+            return _SBATCH_SHORT[ch]
+        if ch not in _SBATCH_FLAGS:  # an option that takes the rest of the word as its value
+            return None
+    return None
+
+
 # partition/account/qos/mem go on #SBATCH lines: plain names only (no shell or sbatch syntax)
 _SLURM_NAME = re.compile(r"^[A-Za-z0-9_.,:+=@%-]{1,128}$")
 _NAME_RULE = "letters, digits and _ . , : + = @ % - only (no spaces, quotes or shell syntax)"
@@ -258,12 +406,12 @@ class SlurmConfig(_Frozen):
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
-    nodes: Annotated[int, Field(ge=1)] = 1
-    gpus_per_node: Annotated[int, Field(ge=0)] = 0
-    cpus_per_node: Annotated[int, Field(ge=1)] = 2
+    nodes: Annotated[Int, Field(ge=1)] = 1
+    gpus_per_node: Annotated[Int, Field(ge=0)] = 0
+    cpus_per_node: Annotated[Int, Field(ge=1)] = 2
     mem: str | None = None  # e.g. "64G"; None: SLURM's default
     time: str = "01:00:00"
-    grace_seconds: Annotated[int, Field(ge=10)] = 300  # USR1 this long before the time limit
+    grace_seconds: Annotated[Int, Field(ge=10)] = 300  # USR1 this long before the time limit
     setup: list[str] = []  # shell lines run before Ray starts (module load, venv activate)
     container: str | None = None  # apptainer image (.sif) to run the Ray processes in
     extra_sbatch: list[str] = []  # further `#SBATCH` options, e.g. "--constraint=a100"
@@ -284,10 +432,18 @@ class SlurmConfig(_Frozen):
 
     @field_validator("extra_sbatch")
     @classmethod
-    def _options(cls, v: list[str]) -> list[str]:
+    def _options(cls, v: list[str], info: ValidationInfo) -> list[str]:
         for opt in v:
             if not re.match(r"^--?[A-Za-z]", opt) or _CONTROL.search(opt) or "#" in opt:
                 raise ValueError(f"{opt!r} must be one sbatch option starting with '-' (one line, no '#')")
+            if re.search(r"[\s'\"\\]", opt):
+                raise ValueError(f"{opt!r} must be one sbatch option, its value after '=' (no "
+                                 "spaces, quotes or backslashes), e.g. '--constraint=a100'")
+            owned = _sbatch_option(opt)
+            if owned is not None:
+                raise ValueError(f"{opt!r} sets --{owned}, {_SBATCH_OWNED[owned]}")
+            if info.data.get("mem") is not None and re.match(r"^--mem-per-(cpu|gpu)\b", opt):
+                raise ValueError(f"{opt!r} and slurm.mem exclude each other in SLURM; keep one")
         return v
 
     @field_validator("setup")
@@ -298,11 +454,19 @@ class SlurmConfig(_Frozen):
                 raise ValueError(f"{line!r}: one shell line per item (no newlines or control characters)")
         return v
 
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time_quoted(cls, v: Any) -> Any:
+        """YAML reads an unquoted 24:00:00 as the number 86400 (base 60), 90 as a number."""
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            raise ValueError(f"write the time in quotes, e.g. time: '24:00:00' (YAML reads an "
+                             f"unquoted 24:00:00 as the number 86400); {_TIME_FORMS}")
+        return v
+
     @field_validator("time")
     @classmethod
     def _time(cls, v: str) -> str:
-        if not _SLURM_TIME.match(v):
-            raise ValueError("must be MINUTES, HH:MM:SS or D-HH:MM:SS, e.g. '24:00:00'")
+        slurm_seconds(v)
         return v
 
 
@@ -315,22 +479,22 @@ def _axis_model(section: type[_Frozen]) -> type[BaseModel]:
     for name, info in section.model_fields.items():
         if section is TrainConfig and name == "target_accuracy":
             fields[name] = (
-                Annotated[float, Field(gt=0, le=1)]
+                Annotated[Float, Field(gt=0, le=1)]
                 | dict[
                     Literal["cifar10", "cifar100", "svhn", "digits", "synthetic"],
-                    Annotated[float, Field(gt=0, le=1)],
+                    Annotated[Float, Field(gt=0, le=1)],
                 ]
                 | None,
                 None,
             )
             continue
         if section is TrainConfig and name == "epoch_seconds_hint":  # a number or a per-mode map
-            hint = Annotated[float, Field(gt=0)]
+            hint = Annotated[Float, Field(gt=0)]
             fields[name] = (
                 hint | dict[Literal["erm", "sup", "unsup", "both", "mt"], hint] | None, None)
             continue
         if section is DataConfig and name == "num_labels":
-            count = Annotated[int, Field(ge=1)] | None
+            count = Annotated[Int, Field(ge=1)] | None
             fields[name] = (
                 list[count] | dict[Literal["cifar10", "cifar100", "svhn", "digits", "synthetic"],
                                    Annotated[list[count], Field(min_length=1)]],
@@ -352,7 +516,7 @@ def _axis_model(section: type[_Frozen]) -> type[BaseModel]:
 
     return create_model(  # type: ignore[call-overload]
         f"Sweep{section.__name__}",
-        __config__=ConfigDict(extra="forbid", frozen=True),
+        __config__=_CONFIG,
         __validators__={
             "wrap": model_validator(mode="before")(_wrap_scalars),
         },
@@ -384,7 +548,7 @@ class SweepSpec(_Frozen):
     train: SweepTrain = SweepTrain()  # type: ignore[valid-type]
     mixup: SweepMixup = SweepMixup()  # type: ignore[valid-type]
     linearity: SweepLinearity = SweepLinearity()  # type: ignore[valid-type]
-    seeds: Annotated[list[int], Field(min_length=1)] = [0]
+    seeds: Annotated[list[Seed], Field(min_length=1)] = [0]
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
     slurm: SlurmConfig | None = None
@@ -461,8 +625,9 @@ def _resolve_hint(train: dict[str, Any], mode: str) -> float | None:
     return hint
 
 
-def _check_labels(d: dict[str, Any]) -> None:
-    problem = label_problem(d["dataset"], d["labeled_fraction"], d["num_labels"])
+def _check_data(d: dict[str, Any], t: dict[str, Any]) -> None:
+    problem = (label_problem(d["dataset"], d["labeled_fraction"], d["num_labels"])
+               or batch_problem(d["dataset"], t["batch_size"]))
     if problem is not None:
         raise SpecError([problem])
 
@@ -476,6 +641,11 @@ def _collapse_mixup(m: dict[str, Any]) -> dict[str, Any]:
         raise SpecError([f"mixup: mode {m['mode']!r} needs k and alpha (got null)"])
     if m["mode"] not in CONSISTENCY_MODES:
         m["unsup_weight"] = m["ema_max_decay"] = m["rampup"] = None
+    else:
+        null = [k for k in ("unsup_weight", "ema_max_decay", "rampup") if m[k] is None]
+        if null:
+            raise SpecError([f"mixup: mode {m['mode']!r} needs unsup_weight, ema_max_decay and "
+                             f"rampup (got null: {', '.join(null)})"])
     return m
 
 
@@ -494,7 +664,7 @@ def expand(spec: SweepSpec) -> list[TrialConfig]:
     grids = [_data_points(spec)] + [_grid(getattr(spec, name)) for name in list(_SECTIONS)[1:]]
     trials: dict[str, TrialConfig] = {}
     for data, model, train, mixup, lin in itertools.product(*grids):
-        _check_labels(data)
+        _check_data(data, train)
         train = {**_collapse_train(train), "target_accuracy": _resolve_target(train, data["dataset"])}
         hint = _resolve_hint(train, mixup["mode"])
         for seed in spec.seeds:
@@ -542,36 +712,67 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+# pydantic's union-branch tags in an error path ("constrained-float", "dict[...]",
+# "function-after[...]") and its "[key]" marker: not keys the user wrote
+_TAG = re.compile(r"^(constrained-)?(float|int|str|bool)$|^[a-z-]+\[.*\]$|^\[key\]$", re.S)
+_KEY_SHOWN = 40  # a longer key is cut in messages
+
+
+def _show_key(key: Any) -> str:
+    """A key the user wrote, for a one-line message: repr'd (escapes newlines), cut if long."""
+    text = repr(key)
+    return text if len(text) <= _KEY_SHOWN else text[: _KEY_SHOWN - 4] + "...'"
+
+
+def _unknown_key(loc: tuple[Any, ...], bad: Any, root: type[BaseModel]) -> str:
+    parent = tuple(p for p in loc if isinstance(p, str))
+    allowed = _allowed_keys(root, parent)
+    hint = difflib.get_close_matches(bad, allowed, n=1) if isinstance(bad, str) else []
+    msg = f"unknown key {_show_key(bad)}"
+    if not isinstance(bad, str):
+        msg += " (keys are names, not numbers or null)"
+    if hint:
+        msg += f" (did you mean {hint[0]!r}?)"
+    msg += f"; allowed: {', '.join(allowed)}"
+    return f"{'.'.join(parent) or '<top>'}: {msg}"
+
+
 def _format_errors(err: ValidationError, root: type[BaseModel]) -> list[str]:
     lines: list[str] = []
+    branch: list[bool] = []  # the line is one branch of a union key (a number or a map)
     for e in err.errors():
-        # drop pydantic's union-branch tags ("constrained-float", "dict[...]") from the path
-        loc = tuple(p for p in e["loc"] if isinstance(p, int) or p.isidentifier())
+        tagged = any(isinstance(p, str) and _TAG.match(p) for p in e["loc"])
+        if e["type"] in ("extra_forbidden", "invalid_key"):  # the last part is the user's key
+            *parent, bad = e["loc"]
+            loc = tuple(p for p in parent if not (isinstance(p, str) and _TAG.match(p)))
+            lines.append(_unknown_key(loc, e["input"] if e["type"] == "invalid_key" else bad, root))
+            branch.append(False)
+            continue
+        loc = tuple(str(p) if nxt == "[key]" else p  # a map's key, even 1, is not a list index
+                    for p, nxt in zip(e["loc"], (*e["loc"][1:], None), strict=True)
+                    if not (isinstance(p, str) and _TAG.match(p)))
         key = ".".join(str(p) for p in loc if not isinstance(p, int))
         idx = [p for p in loc if isinstance(p, int)]
         where = key + (f"[{idx[0]}]" if idx else "")
-        if e["type"] == "extra_forbidden":
-            parent, bad = loc[:-1], str(loc[-1])
-            allowed = _allowed_keys(root, tuple(p for p in parent if isinstance(p, str)))
-            hint = difflib.get_close_matches(bad, allowed, n=1)
-            msg = f"unknown key {bad!r}"
-            if hint:
-                msg += f" (did you mean {hint[0]!r}?)"
-            msg += f"; allowed: {', '.join(allowed)}"
-            lines.append(f"{'.'.join(map(str, parent)) or '<top>'}: {msg}")
-            continue
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "too_short" and idx == []:
             msg = "must not be empty (a sweep axis needs at least one value)"
         value = e.get("input")
         shown = f" (got {value!r})" if not isinstance(value, dict | list) and e["type"] != "missing" else ""
         lines.append(f"{where or '<top>'}: {msg}{shown}")
-    # a union key with a deeper error (a bad map entry) needs no "not a number" line too
+        branch.append(tagged)
+    # a union key with a deeper error (a bad map entry) needs no "not a number" line too,
+    # and a value that fits no branch gets one line (the first branch's), not one per branch
     # (an unknown-key line names its section, not a value: it always stays)
     keys = [line.split(":", 1)[0] for line in lines]
-    lines = [ln for ln, k in zip(lines, keys, strict=True)
-             if ": unknown key " in ln or not any(o.startswith((k + ".", k + "[")) for o in keys)]
-    return list(dict.fromkeys(lines))
+    kept, seen = [], set()
+    for ln, k, tagged in zip(lines, keys, branch, strict=True):
+        if ": unknown key " not in ln:
+            if any(o.startswith((k + ".", k + "[")) for o in keys) or (tagged and k in seen):
+                continue
+            seen.add(k)
+        kept.append(ln)
+    return list(dict.fromkeys(kept))
 
 
 # The grid a sweep file may describe before expansion (product of its axes x seeds): a
@@ -595,6 +796,27 @@ def grid_size(spec: SweepSpec) -> int:
     return n
 
 
+def _cluster_problems(spec: SweepSpec) -> list[str]:
+    """What the slurm: section cannot give: a grace period as long as the job, or nodes
+    smaller than one trial (Ray would hold every trial pending for ever)."""
+    s, res = spec.slurm, spec.resources
+    if s is None:
+        return []
+    problems = []
+    seconds = slurm_seconds(s.time)
+    if s.grace_seconds >= seconds:
+        problems.append(f"slurm.grace_seconds: {s.grace_seconds} is not shorter than slurm.time "
+                        f"{s.time!r} ({seconds} s): the stop signal (USR1 grace_seconds before the "
+                        "limit) would come as the job starts; lower it or give the job more time")
+    for kind in ("cpus", "gpus"):
+        need, have = getattr(res, f"{kind}_per_trial"), getattr(s, f"{kind}_per_node")
+        if need > have:
+            problems.append(f"resources.{kind}_per_trial: {need:g} is more than "
+                            f"slurm.{kind}_per_node {have}: no node can run a trial; lower "
+                            f"resources.{kind}_per_trial or raise slurm.{kind}_per_node")
+    return problems
+
+
 def parse_spec(raw: Any, source: str = "<sweep>") -> SweepSpec:
     """Validate a parsed YAML mapping into a SweepSpec, or raise SpecError."""
     if not isinstance(raw, dict):
@@ -603,6 +825,9 @@ def parse_spec(raw: Any, source: str = "<sweep>") -> SweepSpec:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as err:
         raise SpecError(_format_errors(err, SweepSpec)) from None
+    problems = _cluster_problems(spec)
+    if problems:
+        raise SpecError(problems)
     size = grid_size(spec)
     if size > MAX_GRID:
         raise SpecError([f"{source}: the grid has {size} points (axes x seeds), more than "
