@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -12,13 +14,43 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer._click.exceptions import NoArgsIsHelpError  # typer >= 0.29 vendors click
+from typer._click.exceptions import UsageError as ClickUsageError
+from typer.core import TyperGroup
 
 from mixsweep.data import DataError
 from mixsweep.slurm import SlurmError
 from mixsweep.spec import LARGE_SWEEP, SpecError, keys_help
-from mixsweep.store import SweepLocked
+from mixsweep.store import StoreError, SweepLocked
+
+
+@contextlib.contextmanager
+def _plain_usage_errors() -> Iterator[None]:
+    """A usage error (a bad option value, a missing argument, an unknown verb) as one plain
+    ``error:`` line with exit code 2, like every other bad input (not typer's framed box)."""
+    try:
+        yield
+    except NoArgsIsHelpError:
+        raise  # a bare verb: typer prints its help
+    except ClickUsageError as err:
+        where = f" (see: {err.ctx.command_path} --help)" if err.ctx is not None else ""
+        err_console.print(f"error: {' '.join(err.format_message().split())}{where}",
+                          markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+class _PlainErrors(TyperGroup):
+    def make_context(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        with _plain_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        with _plain_usage_errors():
+            return super().invoke(ctx)
+
 
 app = typer.Typer(
+    cls=_PlainErrors,
     help="Run mixup sweeps on Ray Tune (+ SLURM) and measure per-layer linearity.\n\n"
     "Example: mixsweep launch sweeps/quickstart.yaml",
     no_args_is_help=True,
@@ -34,9 +66,46 @@ class UsageError(RuntimeError):
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (SpecError, DataError, UsageError, SlurmError,
-                                                 SweepLocked)
-# the file system refused a write or read (disk full, quota, read-only, permissions): one line
-_FS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+                                                 SweepLocked, StoreError)
+_AGAIN = "nothing finished is lost: {fix} and run the same command again"
+# the file system refused a write or read: errno -> what to do about it (one line, exit 2)
+_FS_ERRORS = {
+    errno.ENOSPC: "free space", errno.EDQUOT: "free space (or raise the quota)",
+    errno.EROFS: "choose a writable place", errno.EACCES: "fix the permissions",
+    errno.EPERM: "fix the permissions",
+    # a path of the wrong kind (a file where a folder is needed, or the reverse), or unusable
+    errno.ENOTDIR: "choose another path (or move that file away)",
+    errno.EEXIST: "choose another path (or move that file away)",
+    errno.EISDIR: "give a file name, not a folder",
+    errno.ENAMETOOLONG: "choose a shorter path",
+    errno.ELOOP: "fix the symbolic link (it loops)",
+}
+
+_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The file that stands where ``path`` needs a folder (``path`` or one of its parents)."""
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
+def _fs_error_line(err: OSError) -> str:
+    """One line for an OSError of _FS_ERRORS: the path, what is wrong, what to do."""
+    path = Path(err.filename) if err.filename else None
+    what = err.strerror or type(err).__name__
+    if path is not None and err.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = _file_in_the_way(path)
+        if blocker is not None:
+            what = f"{blocker} is a file, not a folder"
+    elif path is not None and err.errno == errno.EISDIR:
+        what = "is a folder, not a file"
+    where = f"{path}: " if path is not None and not what.startswith(str(path)) else ""
+    # disk full, quota, read-only, permissions: the commands meet these when they write
+    verb = "cannot write " if err.errno in _WRITE_ERRORS else ""
+    return f"error: {verb}{where}{what}; " + _AGAIN.format(fix=_FS_ERRORS[err.errno])
 
 
 def user_errors(fn):
@@ -53,10 +122,7 @@ def user_errors(fn):
         except OSError as err:
             if err.errno not in _FS_ERRORS:
                 raise
-            where = f" {err.filename}" if err.filename else ""
-            err_console.print(f"error: cannot write{where}: {err.strerror}; nothing finished is lost: "
-                              "free space (or fix permissions) and run the same command again",
-                              markup=False, highlight=False, soft_wrap=True)
+            err_console.print(_fs_error_line(err), markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -116,6 +182,9 @@ def trial(
         raise typer.Exit(1)
 
 
+PLAN_ROWS = 1000  # rows of the --dry-run trial table
+
+
 def _print_plan(spec, trials) -> None:
     from mixsweep.spec import plan
 
@@ -125,10 +194,13 @@ def _print_plan(spec, trials) -> None:
     table.add_column("trial_id", no_wrap=True, min_width=12)
     for col in (*varying, "seed"):
         table.add_column(col.split(".")[-1].replace("labeled_fraction", "fraction"), no_wrap=True)
-    for t in trials:
+    for t in trials[:PLAN_ROWS]:
         flat = t.flat()
         table.add_row(t.trial_id, *(_fmt(flat[k]) for k in varying), str(t.seed))
     console.print(table)
+    if len(trials) > PLAN_ROWS:  # a 100,000-row table takes minutes to print and to read
+        console.print(f"... and {len(trials) - PLAN_ROWS} more trials, not shown (the first "
+                      f"{PLAN_ROWS} are above; the counts below are for all {len(trials)})")
     console.print(f"trials: {info['trials']}  by mode: {info['by_mode']}  epochs in all: {info['epochs_total']}")
     console.print("axes: " + "; ".join(f"{k}={v}" for k, v in info["axes"].items()))
     r = info["resources"]
@@ -404,7 +476,8 @@ def report(
         console.print(built.wandb, markup=False, highlight=False, soft_wrap=True)
 
 
-data_app = typer.Typer(help="Prepare datasets (e.g. FFCV .beton files).", no_args_is_help=True)
+data_app = typer.Typer(cls=_PlainErrors, help="Prepare datasets (e.g. FFCV .beton files).",
+                       no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 

@@ -23,6 +23,7 @@ import hashlib
 import itertools
 import json
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -888,11 +889,16 @@ class _Loader(yaml.SafeLoader):
 def load_yaml(path: str | Path) -> Any:
     """Read a YAML file safely: one SpecError line for every way it can be unreadable."""
     p = Path(path)
-    if p.is_dir():
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise SpecError([f"{p}: no such file"]) from None
+    except (OSError, ValueError) as err:  # a name too long, a symlink loop, a NUL byte, ...
+        reason = getattr(err, "strerror", None) or str(err)
+        raise SpecError([f"{str(p)[:200]!r}: cannot open the sweep file: {reason}"]) from None
+    if stat.S_ISDIR(mode):
         raise SpecError([f"{p}: is a directory, not a YAML file"])
-    if not p.exists():
-        raise SpecError([f"{p}: no such file"])
-    if not p.is_file():
+    if not stat.S_ISREG(mode):
         raise SpecError([f"{p}: not a regular file"])
     try:
         size = p.stat().st_size
