@@ -156,10 +156,19 @@ def trial(
     Example: mixsweep trial sweeps/trial_digits.yaml --out runs/debug
     """
     from mixsweep.spec import load_trial
-    from mixsweep.trial import run_trial
+    from mixsweep.trial import device_problem, run_trial
 
     _, cfg = load_trial(config)
+    name = device if device is not None else cfg.train.device
+    problem = device_problem(name)
+    if problem:  # before anything is written or trained
+        where = "--device" if device is not None else f"{config}: train.device"
+        raise UsageError(f"{where} {name!r}: {problem}")
     out = out or Path("runs") / "trials" / cfg.trial_id
+    blocker = _file_in_the_way(out)
+    if blocker is not None:
+        where = f"--out {out}" + (f": {blocker}" if blocker != out else "")
+        raise UsageError(f"{where} is a file, not a folder: give the trial's folder")
     console.print(f"trial [bold]{cfg.trial_id}[/]: {cfg.data.dataset} {cfg.model.arch} "
                   f"mode={cfg.mixup.mode} k={cfg.mixup.k} alpha={cfg.mixup.alpha} -> {out}")
 
@@ -301,45 +310,74 @@ def launch(
         raise typer.Exit(3)
 
 
+def _seconds(option: str, most: float = 86400.0, zero: bool = True):
+    """A typer callback: a number of seconds, 0 (or, without ``zero``, more) to ``most``
+    (typer's min= lets nan and inf in)."""
+
+    def check(value: float | None) -> float | None:
+        if value is not None and not (0 <= value <= most and (zero or value > 0)):  # nan: False
+            least = "0" if zero else "more than 0"
+            raise typer.BadParameter(f"{value} is not a number of seconds from {least} to {most:g}",
+                                     param_hint=f"'{option}'")
+        return value
+
+    return check
+
+
 def _sweep_dir(name_or_dir: str, runs_dir: Path) -> Path:
+    """The folder of a sweep given by name (under ``runs_dir``) or as a folder."""
     from mixsweep.store import SweepPaths
 
+    def is_sweep(sp: SweepPaths) -> bool:  # spec.yaml may be damaged: results.csv also tells
+        return sp.root.is_dir() and (sp.spec.exists() or sp.results.is_file())
+
     given = SweepPaths(Path(name_or_dir))
-    sweep = given if given.spec.is_file() else SweepPaths.of(runs_dir, name_or_dir)
-    if not sweep.spec.is_file():
+    if is_sweep(given):
+        return given.root
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise UsageError(f"--runs-dir {runs_dir} is a file, not a folder: give the folder "
+                         "that holds the sweeps (default: runs)")
+    sweep = SweepPaths.of(runs_dir, name_or_dir)
+    if not is_sweep(sweep):
         raise UsageError(f"no sweep {name_or_dir!r}: {sweep.spec} not found (launch it first)")
     return sweep.root
 
 
-def status_table(root: Path) -> Table:
-    """Counts per status and the best cells (mean final accuracy over seeds)."""
+def status_table(root: Path):
+    """Counts per status and the best cells (mean final accuracy over seeds), then a
+    ``note:`` line for each thing in the sweep folder that could not be read."""
     import pandas as pd
+    from rich.console import Group
 
-    from mixsweep.spec import expand, load_spec
-    from mixsweep.store import STATUS_ORDER, SweepPaths, collect_rows
+    from mixsweep.store import STATUS_ORDER, SweepPaths, read_sweep
 
-    sweep = SweepPaths(root)
-    spec = load_spec(sweep.spec)
-    rows = pd.DataFrame(collect_rows(sweep, expand(spec)))
+    name, rows, notes = read_sweep(SweepPaths(root))
     counts = {s: int((rows["status"] == s).sum()) for s in STATUS_ORDER}
-    cells = ["data.dataset", "data.labeled_fraction", "model.arch", "mixup.mode", "mixup.k", "mixup.alpha"]
-    table = Table(title=f"{spec.name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-                  + f" / {len(rows)} trials")
+    other = len(rows) - sum(counts.values())  # statuses of another version's results.csv
+    title = ", ".join([f"{v} {k}" for k, v in counts.items() if v] + ([f"{other} other"] if other else []))
+    table = Table(title=f"{name}: {title} / {len(rows)} trials")
     for col in ("dataset", "fraction", "arch", "mode", "k", "alpha", "seeds", "acc (mean)",
                 "epochs→target (median)", "reached"):
         table.add_column(col)
-    done = rows[rows["status"] == "completed"]
+    cells = ["data.dataset", "data.labeled_fraction", "model.arch", "mixup.mode", "mixup.k", "mixup.alpha"]
+    done = rows[rows["status"] == "completed"].copy()
+    for col in (*cells, "trial_id", "final_acc", "epochs_to_target", "reached_target"):
+        if col not in done:  # a results.csv of another version
+            done[col] = None
+    done["final_acc"] = pd.to_numeric(done["final_acc"], errors="coerce")
+    done["epochs_to_target"] = pd.to_numeric(done["epochs_to_target"], errors="coerce")
     if len(done):
-        g = done.groupby([c for c in cells], dropna=False)
+        g = done.groupby(cells, dropna=False)
         # median over the trials that reached the target; "reached" shows how many did (censoring)
         best = g.agg(n=("trial_id", "size"), acc=("final_acc", "mean"),
                      ett=("epochs_to_target", "median"),
                      hit=("reached_target", lambda s: int((s == True).sum()))  # noqa: E712
                      ).sort_values("acc", ascending=False).head(10)
         for key, r in best.iterrows():
-            table.add_row(*(_fmt(v) for v in key), str(int(r["n"])), f"{r['acc']:.4f}",
+            table.add_row(*(_fmt(v) for v in key), str(int(r["n"])),
+                          f"{r['acc']:.4f}" if pd.notna(r["acc"]) else "—",
                           _fmt(r["ett"]), f"{int(r['hit'])}/{int(r['n'])}")
-    return table
+    return Group(table, *(Text(f"note: {n}") for n in notes))
 
 
 @app.command()
@@ -347,7 +385,7 @@ def status_table(root: Path) -> Table:
 def status(
     name: Annotated[str, typer.Argument(help="Sweep name (under --runs-dir) or a sweep folder.")],
     runs_dir: Annotated[Path, typer.Option(help="Where sweeps are stored.")] = Path("runs"),
-    watch: Annotated[float, typer.Option(help="Refresh every N seconds until Ctrl-C (0: once).")] = 0,
+    watch: Annotated[float, typer.Option(callback=_seconds("--watch"), help="Refresh every N seconds until Ctrl-C (0: once).")] = 0,
 ) -> None:
     """Progress of a sweep: trials done/running/pending/failed and the best cells.
 
@@ -374,7 +412,7 @@ def status(
             pass
 
 
-def _with_slurm(root: Path, table: Table):
+def _with_slurm(root: Path, table):
     """The status table, under a line with the sweep's SLURM job state (if it has a job)."""
     from rich.console import Group
 
@@ -383,6 +421,9 @@ def _with_slurm(root: Path, table: Table):
     info = job_state(root)
     if info is None:
         return table
+    if info.get("error"):  # the job id or SLURM could not be read: say why, show the rest
+        which = f" {info['job_id']}" if info["job_id"] != "?" else ""
+        return Group(Text(f"SLURM job{which}: state unknown: {info['error']}"), table)
     line = f"SLURM job {info['job_id']}: {info['state']}"
     if info["reason"] and info["reason"] != "None":
         line += f" ({info['reason']})"
@@ -419,24 +460,34 @@ def cancel(
 def sync(
     name: Annotated[str, typer.Argument(help="Sweep name (under --runs-dir) or a sweep folder.")],
     runs_dir: Annotated[Path, typer.Option(help="Where sweeps are stored.")] = Path("runs"),
-    jobs: Annotated[int, typer.Option(min=1, help="Uploads at once.")] = 8,
+    jobs: Annotated[int, typer.Option(min=1, max=256, help="Uploads at once.")] = 8,
+    timeout: Annotated[float, typer.Option(callback=_seconds("--timeout", zero=False), help="Seconds one run's upload may take before it is stopped (it is tried again by the next sync).")] = 600.0,
 ) -> None:
     """Upload a sweep's offline W&B runs (needs `wandb login` or WANDB_API_KEY).
 
     Example: mixsweep sync quickstart --jobs 16
     """
-    from mixsweep.tracking import offline_runs
+    from mixsweep.tracking import SyncError, offline_runs
     from mixsweep.tracking import sync as wandb_sync
 
     root = _sweep_dir(name, runs_dir)
     if not offline_runs(root):
         console.print(f"nothing to sync in {root / 'wandb'}")
         return
-    results = wandb_sync(root, jobs)
-    bad = [(p, msg) for p, ok, msg in results if not ok]
-    console.print(f"synced {len(results) - len(bad)} of {len(results)} runs")
-    for p, msg in bad:
-        err_console.print(f"failed: {p.name}: {msg}", markup=False)
+    try:
+        results = wandb_sync(root, jobs, timeout=timeout)
+    except SyncError as err:
+        raise UsageError(str(err)) from None
+    bad: dict[str, list[str]] = {}  # one line per distinct failure, not one per run
+    for p, ok, msg in results:
+        if not ok:
+            bad.setdefault(msg, []).append(p.name)
+    failed = sum(len(v) for v in bad.values())
+    console.print(f"synced {len(results) - failed} of {len(results)} runs")
+    for msg, names in bad.items():
+        which = names[0] if len(names) == 1 else f"{len(names)} runs ({', '.join(names[:3])}" \
+            + (", ..." if len(names) > 3 else "") + ")"
+        err_console.print(f"failed: {which}: {msg}", markup=False, highlight=False, soft_wrap=True)
     if bad:
         raise typer.Exit(1)
 
@@ -474,6 +525,8 @@ def report(
         console.print(f"  tables: {built.markdown}", soft_wrap=True)
     if built.wandb:
         console.print(built.wandb, markup=False, highlight=False, soft_wrap=True)
+    for note in built.notes:  # what could not be read and was left out (also in the HTML)
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
 data_app = typer.Typer(cls=_PlainErrors, help="Prepare datasets (e.g. FFCV .beton files).",
@@ -522,7 +575,9 @@ def bench(
 
     from mixsweep.bench import PARTS, format_results, run_bench
 
-    parts = [p.strip() for p in only.split(",")] if only else None
+    parts = [p.strip() for p in only.split(",") if p.strip()] if only is not None else None
+    if parts == []:  # an empty --only must not run the whole benchmark
+        raise UsageError(f"--only {only!r} names no part; allowed: {', '.join(PARTS)}")
     bad = [p for p in parts or [] if p not in PARTS]
     if bad:
         raise UsageError(f"unknown bench part(s) {', '.join(bad)}; allowed: {', '.join(PARTS)}")

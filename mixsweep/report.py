@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import pandas as pd
 import yaml
 
 from mixsweep.spec import MODES
-from mixsweep.store import SweepPaths, atomic_write_text, current_results, read_jsonl
+from mixsweep.store import StoreError, SweepPaths, atomic_write_text, read_metrics, read_sweep
 
 # Short names accepted by ``--by`` (any results.csv config column works too).
 AXIS_ALIASES = {
@@ -85,28 +86,47 @@ def layer_order(arch: str | None, seen: list[str], depth: int = 4) -> list[str]:
     return [x for x in order if x in seen] + [x for x in seen if x not in order]
 
 
-def _load_one(run_dir: Path) -> tuple[str, dict[str, Any], pd.DataFrame, list[dict], list[dict]]:
+def _read_spec(sp: SweepPaths) -> dict[str, Any]:
+    """spec.yaml as a plain mapping (for the name and the spec differences); {} if unreadable."""
+    try:
+        raw = yaml.safe_load(sp.spec.read_bytes().decode())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8
+        return {}  # read_sweep says why in its note
+    return raw if isinstance(raw, dict) else {}
+
+
+def _load_one(run_dir: Path) -> tuple[str, dict[str, Any], pd.DataFrame, list[dict], list[dict], list[str]]:
     sp = SweepPaths(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: not a directory (give runs/<sweep>)")
     if not sp.results.is_file():
         raise ReportError(f"{run_dir}: no results.csv (not a sweep folder, or not launched yet)")
+    spec = _read_spec(sp)
     try:
-        spec = yaml.safe_load(sp.spec.read_text()) if sp.spec.is_file() else {}
-        results = current_results(sp)
-    except (yaml.YAMLError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise ReportError(f"{run_dir}: unreadable store ({type(err).__name__})") from None
+        _, results, notes = read_sweep(sp)
+    except StoreError as err:
+        raise ReportError(str(err)) from None
     missing = {"trial_id", "status", "mixup.mode", "data.dataset"} - set(results.columns)
     if missing:
         raise ReportError(f"{run_dir}/results.csv: missing columns {', '.join(sorted(missing))}")
-    name = (spec or {}).get("name") or run_dir.name
-    hist, nl = [], []
-    for tid in results["trial_id"]:
-        for rec in read_jsonl(sp.trial(str(tid)).metrics):
+    name = spec.get("name") if isinstance(spec.get("name"), str) and spec.get("name") else run_dir.name
+    hist, nl, cut = [], [], {}
+    for tid, status in zip(results["trial_id"], results["status"], strict=True):
+        records, why = read_metrics(sp.trial(str(tid)).metrics)
+        if why and status != "unreadable":  # an unreadable trial has its note already
+            cut.setdefault(re.sub(r" line \d+", "", why), []).append(str(tid))
+        for rec in records:
             hist.append({"trial_id": tid, **{k: v for k, v in rec.items() if not isinstance(v, dict)}})
             for layer, v in (rec.get("nl") or {}).items():
                 nl.append({"trial_id": tid, "epoch": rec["epoch"], "layer": layer, "nl": v})
-    return name, spec or {}, results, hist, nl
+    for why, ids in cut.items():
+        which = f"{len(ids)} trial{'s' if len(ids) > 1 else ''} ({', '.join(ids[:5])}" \
+                f"{' and more' if len(ids) > 5 else ''})"
+        notes.append(f"{why}, from that line on, in {which}: their curves end before it"
+                     if why.startswith("metrics.jsonl:") else f"{why} in {which}: no curves for them")
+    return name, spec, results, hist, nl, [f"{run_dir}: {n}" for n in notes]
 
 
 def select(results: pd.DataFrame, where: list[str]) -> pd.DataFrame:
@@ -133,9 +153,10 @@ def load(run_dirs: list[Path], by: str | None = DEFAULT_BY, where: list[str] | N
     ``where`` keeps only the trials matching each ``KEY=VALUE``."""
     if not run_dirs:
         raise ReportError("give at least one run dir (runs/<sweep>)")
-    sweeps, specs, res, hist, nls = [], {}, [], [], []
+    sweeps, specs, res, hist, nls, notes = [], {}, [], [], [], []
     for d in run_dirs:
-        name, spec, results, h, n = _load_one(Path(d))
+        name, spec, results, h, n, said = _load_one(Path(d))
+        notes += said
         if name in specs:
             raise ReportError(f"{d}: sweep {name!r} given twice")
         sweeps.append(name)
@@ -160,7 +181,7 @@ def load(run_dirs: list[Path], by: str | None = DEFAULT_BY, where: list[str] | N
     seen += [x for x in dict.fromkeys(nl["layer"]) if x not in seen]
     arch = results["model.arch"].dropna().iloc[0] if "model.arch" in results and results["model.arch"].notna().any() else None
     depth = int(results["model.depth"].max()) if "model.depth" in results and results["model.depth"].notna().any() else 4
-    data = ReportData(sweeps, specs, results, history, nl, layer_order(arch, seen, depth))
+    data = ReportData(sweeps, specs, results, history, nl, layer_order(arch, seen, depth), notes=notes)
     data.by = resolve_axis(by, results) if by else None
     return data
 
@@ -326,6 +347,7 @@ class Built:
     pngs: list[Path] = field(default_factory=list)
     wandb: str | None = None  # a line saying where the W&B report went
     markdown: Path | None = None  # the tables of numbers (--markdown)
+    notes: list[str] = field(default_factory=list)  # what could not be read (left out)
 
 
 def render_html(data: ReportData, figures: dict[str, Any], captions: dict[str, str]) -> str:
@@ -368,6 +390,31 @@ def render_html(data: ReportData, figures: dict[str, Any], captions: dict[str, s
             f"<body>{''.join(parts)}</body></html>")
 
 
+def _in_the_way(path: Path) -> Path | None:
+    """A file where ``path`` needs a folder above it (the nearest existing parent)."""
+    parent = next((p for p in path.parents if p.exists()), None)
+    return parent if parent is not None and not parent.is_dir() else None
+
+
+def _check_file_path(path: Path, option: str) -> None:
+    if path.is_dir():
+        raise ReportError(f"{option} {path} is a folder: give a file name, e.g. {path / 'report.html'}"
+                          if option == "--out" else f"{option} {path} is a folder: give a file name")
+    if (path.exists() or path.is_symlink()) and not path.is_file():
+        raise ReportError(f"{option} {path} is not a regular file: give another file name")
+    blocker = _in_the_way(path)
+    if blocker is not None:
+        raise ReportError(f"{option} {path}: {blocker} is a file, not a folder: give another path")
+
+
+def _check_folder_path(path: Path, option: str) -> None:
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        raise ReportError(f"{option} {path} is a file, not a folder: give a folder for the PNGs")
+    blocker = _in_the_way(path)
+    if blocker is not None:
+        raise ReportError(f"{option} {path}: {blocker} is a file, not a folder: give another path")
+
+
 def write_report(run_dirs: list[Path], out: Path, *, by: str | None = DEFAULT_BY,
                  png_dir: Path | None = None, wandb: bool = False,
                  markdown: Path | None = None, early_epoch: int | None = None,
@@ -376,12 +423,23 @@ def write_report(run_dirs: list[Path], out: Path, *, by: str | None = DEFAULT_BY
     ``where`` selects trials (``KEY=VALUE``), ``only`` names the figures to draw."""
     from mixsweep import report_figures, report_tables
 
+    _check_file_path(Path(out), "--out")  # before any work: a wrong path costs nothing
+    if markdown is not None:
+        _check_file_path(Path(markdown), "--markdown")
+    if png_dir is not None:
+        _check_folder_path(Path(png_dir), "--png")
     data = load([Path(d) for d in run_dirs], by=by, where=where)
     if data.done.empty:
-        raise ReportError("no completed trials in " + ", ".join(str(d) for d in run_dirs))
+        why = f" ({data.notes[0]})" if data.notes else ""
+        raise ReportError("no completed trials in " + ", ".join(str(d) for d in run_dirs) + why)
+    measured = sorted({int(e) for e in data.nl["epoch"]})
+    if markdown is not None and early_epoch is not None and early_epoch not in measured:
+        shown = ", ".join(map(str, measured[:20])) + (", ..." if len(measured) > 20 else "")
+        raise ReportError(f"--early-epoch {early_epoch}: no trial measured NL at that epoch; "
+                          f"measured: {shown or 'none'}")
     figures, captions = report_figures.all_figures(data, only)
     atomic_write_text(Path(out), render_html(data, figures, captions))
-    built = Built(Path(out), figures)
+    built = Built(Path(out), figures, notes=list(data.notes))
     if markdown is not None:
         atomic_write_text(Path(markdown), report_tables.render_markdown(data, early_epoch))
         built.markdown = Path(markdown)

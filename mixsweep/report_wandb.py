@@ -104,6 +104,12 @@ def publish(data: ReportData, html_out: Path) -> str:
     if os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun"):
         atomic_write_text(path, to_json(report) + "\n")
         return f"W&B is offline (WANDB_MODE): wrote the W&B report definition to {path}"
+    from mixsweep.tracking import online_problem
+
+    problem = online_problem()  # bounded: no key or no route says so at once, never hangs
+    if problem is not None:
+        atomic_write_text(path, to_json(report) + "\n")
+        return f"W&B report not saved ({problem}): wrote its definition to {path}"
     try:
         if not report.entity:  # ask W&B (needs login) for the default entity
             from wandb_workspaces.reports.v2.interface import _get_api

@@ -174,23 +174,51 @@ def sbatch_script(spec: SweepSpec, workdir: Path | None = None, python: str | No
 PROCESS_LOCAL_ENV = ("WANDB_SERVICE",)
 
 
+TIMEOUT_S = 60.0  # one SLURM command; a controller that does not answer in a minute is down
+
+
 def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a SLURM command; SlurmError (one line) if it is missing or does not answer in time."""
+    missing = SlurmNotFound(
+        f"{cmd[0]} not found on PATH: run this on a SLURM login node, start a local one "
+        "(sudo bash slurm/local-cluster.sh), or run the sweep here with --local"
+    )
     if shutil.which(cmd[0]) is None:
-        raise SlurmNotFound(
-            f"{cmd[0]} not found on PATH: run this on a SLURM login node, start a local one "
-            "(sudo bash slurm/local-cluster.sh), or run the sweep here with --local"
-        )
+        raise missing
     env = {k: v for k, v in os.environ.items() if k not in PROCESS_LOCAL_ENV}
-    return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          timeout=60, check=False, env=env)
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=TIMEOUT_S, check=False, env=env)
+    except FileNotFoundError:  # removed since the lookup
+        raise missing from None
+    except PermissionError:
+        raise SlurmNotFound(f"{cmd[0]} on PATH cannot be run (permission denied): "
+                            "fix PATH or the file's mode") from None
+    except subprocess.TimeoutExpired:
+        after = (" Whether the job was submitted is unknown: look with squeue --me before "
+                 "launching again." if cmd[0] == "sbatch" else " Try again when it answers.")
+        raise SlurmError(f"{' '.join(cmd[:3])} did not answer within {TIMEOUT_S:g} s: the SLURM "
+                         f"controller is down or overloaded (scontrol ping says which).{after}"
+                         ) from None
 
 
 def recorded_job(sweep_root: Path) -> str | None:
-    """The id of the sweep's last submitted job, or None."""
+    """The id of the sweep's last submitted job, or None; SlurmError if the file holds no id."""
+    path = Path(sweep_root) / "slurm" / JOB_ID_FILE
     try:
-        return (Path(sweep_root) / "slurm" / JOB_ID_FILE).read_text().strip() or None
-    except FileNotFoundError:
+        text = path.read_bytes().decode(errors="replace").strip()
+    except (FileNotFoundError, NotADirectoryError):  # no slurm/ folder: no job was submitted
         return None
+    except OSError as err:
+        raise SlurmError(f"{path}: cannot be read ({err.strerror}); if this sweep has a job "
+                         f"in the queue (squeue --me), cancel it with scancel, then remove {path}"
+                         ) from None
+    if not text:
+        return None
+    if not re.fullmatch(r"\d+(_\d+)?", text):
+        raise SlurmError(f"{path} holds no SLURM job id ({text[:40]!r}); if this sweep has a "
+                         f"job in the queue (squeue --me), cancel it with scancel, then remove {path}")
+    return text
 
 
 def log_file(sweep_root: Path, job_id: str) -> Path:
@@ -278,17 +306,26 @@ def job_state(sweep_root: Path) -> dict[str, Any] | None:
     Uses ``scontrol show job`` (a finished job stays there for MinJobAge,
     300 s by default), then ``sacct`` when the site has accounting.
     """
-    job_id = recorded_job(sweep_root)
+    info: dict[str, Any] = {"job_id": "?", "state": "UNKNOWN", "reason": None, "nodes": None,
+                            "restarts": None, "run_time": None, "time_limit": None,
+                            "log": None, "error": None}
+    try:
+        job_id = recorded_job(sweep_root)
+    except SlurmError as err:  # garbage in slurm/job_id: say so, show the rest
+        info["reason"] = info["error"] = str(err)
+        return info
     if job_id is None:
         return None
-    info: dict[str, Any] = {"job_id": job_id, "state": "UNKNOWN", "reason": None, "nodes": None,
-                            "restarts": None, "run_time": None, "time_limit": None,
-                            "log": str(log_file(sweep_root, job_id))}
+    info.update(job_id=job_id, log=str(log_file(sweep_root, job_id)))
     try:
-        proc = _run(["scontrol", "show", "job", "-o", job_id])
-    except SlurmNotFound as err:
-        info["reason"] = str(err)
+        return _ask_slurm(job_id, info)
+    except SlurmError as err:  # missing commands, a controller that does not answer
+        info["reason"] = info["error"] = str(err)
         return info
+
+
+def _ask_slurm(job_id: str, info: dict[str, Any]) -> dict[str, Any]:
+    proc = _run(["scontrol", "show", "job", "-o", job_id])
     if proc.returncode == 0 and proc.stdout.strip():
         d = _parse_scontrol(proc.stdout.strip().splitlines()[0])
         info.update(state=d.get("JobState", "UNKNOWN"), reason=d.get("Reason"),
@@ -319,6 +356,8 @@ def cancel(sweep_root: Path, timeout: float = 120.0) -> str:
         raise SlurmError(f"no SLURM job recorded in {Path(sweep_root) / 'slurm' / JOB_ID_FILE}: "
                          "nothing to cancel (a --local sweep stops with Ctrl-C)")
     info = job_state(sweep_root) or {}
+    if info.get("error"):
+        raise SlurmError(f"cannot cancel SLURM job {job_id}: {info['error']}")
     if info.get("state") not in ACTIVE_STATES:
         raise SlurmError(f"SLURM job {job_id} is not queued or running ({info.get('state')}): "
                          "nothing to cancel")
@@ -326,7 +365,8 @@ def cancel(sweep_root: Path, timeout: float = 120.0) -> str:
         _run(["scancel", "--batch", "--signal=USR2", job_id])
         end = _time.monotonic() + timeout
         while _time.monotonic() < end:
-            if (job_state(sweep_root) or {}).get("state") not in ACTIVE_STATES - {"COMPLETING"}:
+            now = job_state(sweep_root) or {}
+            if not now.get("error") and now.get("state") not in ACTIVE_STATES - {"COMPLETING"}:
                 return job_id
             _time.sleep(1.0)
     proc = _run(["scancel", job_id])

@@ -13,6 +13,7 @@ it (``wandb login`` / WANDB_API_KEY); mixsweep only checks that one is there.
 
 from __future__ import annotations
 
+import contextlib
 import netrc
 import os
 import shutil
@@ -174,12 +175,31 @@ def online_problem(timeout: float = 5.0) -> str | None:
             found = None
         if not found:
             return "no API key: run `wandb login` or set WANDB_API_KEY"
-    port = url.port or (443 if url.scheme == "https" else 80)
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as err:
-        return f"cannot reach {host}:{port}: {err.strerror or err}"
-    return None
+        port = url.port or (443 if url.scheme == "https" else 80)
+    except ValueError:  # a port that is not a number
+        return f"WANDB_BASE_URL {base!r} is not a URL"
+    return _reach(host, port, timeout)
+
+
+def _reach(host: str, port: int, timeout: float) -> str | None:
+    """Why a TCP connection to host:port fails, or None; bounded by ``timeout`` in all (the
+    name lookup too, which the socket timeout does not cover: a thread does it)."""
+    import threading
+
+    found: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            found.append(None)
+        except OSError as err:
+            found.append(f"cannot reach {host}:{port}: {err.strerror or err}")
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return found[0] if found else f"cannot reach {host}:{port}: no answer within {timeout:g} s"
 
 
 def usable_mode(mode: str, sweep: str, say) -> str:  # type: ignore[no-untyped-def]
@@ -200,21 +220,56 @@ def offline_runs(sweep_root: Path) -> list[Path]:
     return [p for p in found if not any(p.glob("*.wandb.synced"))]
 
 
-def sync(sweep_root: Path, jobs: int = 8) -> list[tuple[Path, bool, str]]:
+class SyncError(RuntimeError):
+    """``mixsweep sync`` cannot start (no wandb command, no key, no route to W&B)."""
+
+
+def sync(sweep_root: Path, jobs: int = 8, timeout: float = 600.0) -> list[tuple[Path, bool, str]]:
     """Upload the sweep's offline runs with ``wandb sync``, ``jobs`` at a time.
 
-    Returns (run folder, ok, last line of output) per run.
+    Returns (run folder, ok, last line of output) per run. Raises SyncError at once (no
+    upload tried) when the ``wandb`` command is missing or W&B cannot be reached. An upload
+    that takes more than ``timeout`` seconds is stopped; once one has been stopped with none
+    done, the runs not yet started are not tried (the next sync tries them), so a W&B that
+    accepts connections and never answers costs one ``timeout``, not one per run.
     """
+    import signal
+    import threading
+
     exe = shutil.which("wandb")
     if exe is None:
-        raise RuntimeError("the `wandb` command is not on PATH (pip install wandb)")
+        raise SyncError("the `wandb` command is not on PATH: install it here (pip install wandb) "
+                        "or put its folder on PATH, then run the same command again")
+    problem = online_problem()
+    if problem is not None:
+        raise SyncError(f"cannot upload: {problem}; the offline runs stay in {sweep_root / 'wandb'}: "
+                        "run the same command again when W&B is reachable")
     runs = offline_runs(sweep_root)
     env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    done, gave_up = threading.Event(), threading.Event()
 
     def one(path: Path) -> tuple[Path, bool, str]:
-        proc = subprocess.run([exe, "sync", str(path)], capture_output=True, text=True, env=env)
-        lines = (proc.stdout + proc.stderr).strip().splitlines()
-        return path, proc.returncode == 0, lines[-1] if lines else ""
+        if gave_up.is_set():
+            return path, False, "not tried: the uploads before it got no answer"
+        # its own process group: on a timeout the whole group goes (wandb starts helpers
+        # that would keep the output pipe open and the wait hanging)
+        proc = subprocess.Popen([exe, "sync", str(path)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                                env=env, start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=5)
+            if not done.is_set():
+                gave_up.set()
+            return path, False, f"no answer from W&B within {timeout:g} s (stopped)"
+        lines = (out or "").strip().splitlines()
+        if proc.returncode == 0:
+            done.set()
+        return path, proc.returncode == 0, lines[-1] if lines else f"exit {proc.returncode}"
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         return list(pool.map(one, runs))

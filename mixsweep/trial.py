@@ -46,11 +46,36 @@ from mixsweep.store import TrialPaths, atomic_torch_save, atomic_write_json, rea
 Report = Callable[[dict[str, Any]], None]
 
 
-def resolve_device(name: str) -> torch.device:
+def device_problem(name: str) -> str | None:
+    """Why ``name`` (auto, cpu, cuda or cuda:N) is not a device this process can train on."""
+    if name == "auto":
+        return None
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        return "unknown device; allowed: auto, cpu, cuda, cuda:N"
+    if dev.type not in ("cpu", "cuda"):
+        return "not supported; allowed: auto, cpu, cuda, cuda:N"
+    if dev.type == "cpu":
+        return None
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible here; use cpu (or auto)"
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        return (f"this machine has {count} CUDA device{'s' if count != 1 else ''} "
+                f"(cuda:0 to cuda:{count - 1})")
+    return None
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The torch device for ``name`` (auto: CUDA when there is one); RuntimeError if unusable."""
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
+    problem = device_problem(name)
+    if problem:
+        raise RuntimeError(f"train.device {name!r}: {problem}")
     return torch.device(name)
 
 
@@ -310,7 +335,7 @@ def run_trial(
         before = read_json(paths.config)
         same_trial = isinstance(before, dict) and before.get("trial_id") == cfg.trial_id
         atomic_write_json(paths.config, {"trial_id": cfg.trial_id, **cfg.model_dump(mode="json")})
-    dev = torch.device(device) if device is not None else resolve_device(cfg.train.device)
+    dev = resolve_device(device if device is not None else cfg.train.device)
     run = _Run(cfg, dev)
     notes: list[str] = []
     reported: list[dict[str, Any]] = []  # metrics.jsonl: the epochs already reported

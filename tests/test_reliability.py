@@ -378,7 +378,8 @@ def test_status_reads_garbage_trial_files(tmp_path: Path, trial_cfg) -> None:
     tp.result.write_bytes(b"\xff\xfe garbage")
     tp.error.write_bytes(b"[]")
     (row,) = collect_rows(sweep, [cfg])
-    assert row["status"] == "running" and row["epochs_done"] == 0
+    assert row["status"] == "unreadable" and row["epochs_done"] == 0
+    assert row["reason"] == "result.json is not JSON"
 
 
 def test_resume_after_sparse_checkpoints_is_exact(trial_cfg, tmp_path: Path,

@@ -105,15 +105,82 @@ def _not_found(name: str, folder: Path) -> DataError:
     )
 
 
+DOWNLOAD_TIMEOUT_S = 30.0  # a server that says nothing for this long fails the download
+
+
+def _root_problem(name: str, root: Path) -> DataError | None:
+    """A data.root that cannot hold the dataset: a file, or under one."""
+    for p in (root, *root.parents):
+        if p.exists():
+            if p.is_dir():
+                return None
+            return DataError(f"data.root {root}: {p} is a file, not a folder; set data.root "
+                             f"to the folder that holds {name} (or will, after the download)")
+    return None
+
+
+def _reach(url: str, timeout: float) -> None:
+    """Connect to the server of ``url`` within ``timeout`` in all (the name lookup too, which
+    no socket timeout covers: a thread does it); an OSError saying why not."""
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    where = urlparse(url)
+    host = where.hostname or ""
+    port = where.port or (443 if where.scheme == "https" else 80)
+    why: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            why.append(None)
+        except OSError as err:
+            why.append(f"cannot reach {host}:{port}: {err.strerror or err}")
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not why or why[0]:
+        raise ConnectionError(why[0] if why else f"cannot reach {host}:{port}: no answer "
+                              f"within {timeout:g} s")
+
+
 def _download(name: str, root: Path) -> None:
-    """torchvision fetches the files and checks their md5; reading them is ours (below)."""
+    """torchvision fetches the files and checks their md5; reading them is ours (below).
+
+    Bounded: the server is reached (name lookup included) within DOWNLOAD_TIMEOUT_S, and
+    each socket operation of the download (connect, every read) waits at most that long:
+    torchvision's urlopen takes no timeout, so the process default is set around it."""
+    import socket
+
     from torchvision import datasets as tvd
 
     if name == "svhn":
-        for split in ("train", "test"):
-            tvd.SVHN(str(root), split=split, download=True)
+        urls = [tvd.SVHN.split_list[split][0] for split in ("train", "test")]
     else:
-        (tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100)(str(root), download=True)
+        urls = [(tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100).url]
+    _reach(urls[0], DOWNLOAD_TIMEOUT_S)
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        if name == "svhn":
+            for split in ("train", "test"):
+                tvd.SVHN(str(root), split=split, download=True)
+        else:
+            (tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100)(str(root), download=True)
+    finally:
+        socket.setdefaulttimeout(before)
+
+
+def _fetch(name: str, root: Path) -> None:
+    """``_download``, its failures as one DataError line (no network, a timeout, a bad md5)."""
+    try:
+        _download(name, root)
+    except (OSError, RuntimeError) as err:  # URLError, timeouts: OSErrors; a bad md5: RuntimeError
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise DataError(f"could not download {name} into {root}: {reason}; download it where "
+                        "there is internet access and set data.root to its folder") from None
 
 
 def _read_cifar(name: str, root: Path) -> ArrayDataset:
@@ -202,8 +269,11 @@ def load_dataset(
         return synthetic()
     if name in ("cifar10", "cifar100", "svhn"):
         path = Path(root).expanduser()
+        problem = _root_problem(name, path)
+        if problem:
+            raise problem
         if download and not (path / _FILES[name]).exists():  # `launch` fetched it already
-            _download(name, path)
+            _fetch(name, path)
         return _read_svhn(path) if name == "svhn" else _read_cifar(name, path)
     raise DataError(
         f"unknown dataset {name!r}; allowed: cifar10, cifar100, svhn, digits, synthetic"
@@ -229,15 +299,14 @@ def ensure_available(name: str, root: str | Path, download: bool,
     if name not in _FILES:
         return False
     where = Path(root).expanduser()
+    problem = _root_problem(name, where)
+    if problem:
+        raise problem
     if (where / _FILES[name]).exists():
         return False
     if not download:
         raise _not_found(name, where / _FILES[name])
     if say:
         say(f"downloading {name} to {where} (once, before any trial starts)")
-    try:
-        _download(name, where)
-    except (OSError, RuntimeError) as err:  # URLError is an OSError; a bad md5 a RuntimeError
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise DataError(f"could not download {name} into {where}: {reason}") from None
+    _fetch(name, where)  # a DataError (one line) when it fails
     return True
