@@ -512,7 +512,11 @@ def report(
     from mixsweep.report import ReportError, write_report
 
     try:
-        only = [f.strip() for f in figures.split(",") if f.strip()] if figures else None
+        only = [f.strip() for f in figures.split(",") if f.strip()] if figures is not None else None
+        if only == []:  # an empty --figures must not quietly draw them all
+            from mixsweep.report_figures import FIGURES
+
+            raise ReportError(f"--figures {figures!r} names no figure; use {', '.join(FIGURES)}")
         built = write_report(run_dirs, out, by=None if by.lower() == "none" else by, png_dir=png,
                              wandb=wandb, markdown=markdown, early_epoch=early_epoch,
                              where=where, only=only)

@@ -175,8 +175,9 @@ def load(run_dirs: list[Path], by: str | None = DEFAULT_BY, where: list[str] | N
         hist = [h[[k in kept for k in zip(h["sweep"], h["trial_id"], strict=True)]] for h in hist]
         nls = [n[[k in kept for k in zip(n["sweep"], n["trial_id"], strict=True)]] for n in nls]
         hist, nls = [h for h in hist if len(h)], [n for n in nls if len(n)]
-    history = pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(columns=["trial_id", "epoch", "test_acc"])
-    nl = pd.concat(nls, ignore_index=True) if nls else pd.DataFrame(columns=["trial_id", "epoch", "layer", "nl"])
+    meta = ["mixup.mode", "data.dataset", "sweep"]  # no metrics.jsonl readable: empty, same columns
+    history = pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(columns=["trial_id", "epoch", "test_acc", *meta])
+    nl = pd.concat(nls, ignore_index=True) if nls else pd.DataFrame(columns=["trial_id", "epoch", "layer", "nl", *meta])
     seen = [c[3:] for c in results.columns if c.startswith("nl.")]
     seen += [x for x in dict.fromkeys(nl["layer"]) if x not in seen]
     arch = results["model.arch"].dropna().iloc[0] if "model.arch" in results and results["model.arch"].notna().any() else None

@@ -73,6 +73,7 @@ def _rows(frame: pd.DataFrame, data: ReportData) -> list[str]:
 
 def _grid(rows: list[str], cols: list[str], title: str, x_title: str, y_title: str,
           row_h: int = 300, shared_y: bool | str = False, spacing: float = 0.06) -> go.Figure:
+    rows, cols = rows or [""], cols or [""]  # nothing to draw (no readable metrics): one empty panel
     fig = make_subplots(
         rows=len(rows), cols=len(cols), column_titles=cols if any(cols) else None,
         row_titles=rows if any(rows) else None, x_title=x_title, y_title=y_title,

@@ -414,8 +414,10 @@ def _csv_as_written(sweep: SweepPaths, notes: list[str], why_not_spec: str):
     missing = {"trial_id", "status"} - set(frame.columns)
     if missing:
         raise fail(f"has no {' or '.join(sorted(missing))} column")
-    frame = frame[[isinstance(t, str) and t and "/" not in t and not t.startswith(".")
-                   for t in frame["trial_id"]]].reset_index(drop=True)
+    # a boolean Series, not a list: an empty list would select no columns
+    sane = frame["trial_id"].map(lambda t: isinstance(t, str) and bool(t) and "/" not in t
+                                 and not t.startswith(".")).astype(bool)
+    frame = frame.loc[sane].reset_index(drop=True)
     for col in [c for c in frame.columns if c in _RESULT_NUMBERS or c.startswith(("nl.", "cos.", "nl_target."))]:
         values = pd.to_numeric(frame[col], errors="coerce")
         if (values.isna() & frame[col].notna()).any():

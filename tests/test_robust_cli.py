@@ -298,6 +298,13 @@ def test_empty_bench_only_runs_nothing(only: str, monkeypatch: pytest.MonkeyPatc
               "scheduler, gpu")
 
 
+@pytest.mark.parametrize("figures", ["", ","])
+def test_empty_report_figures_draws_nothing(run_dir: Path, tmp_path: Path, figures: str) -> None:
+    one_error(["report", run_dir, "--out", tmp_path / "r.html", "--figures", figures],
+              "names no figure; use profile, profile_target")
+    assert not (tmp_path / "r.html").exists()
+
+
 # --------------------------------------------------------------------------- 4. damaged run folders
 
 # (id, file under the sweep folder ({done}: a completed trial, {pending}: the pending one),
@@ -430,6 +437,22 @@ def test_status_with_nothing_readable_is_one_line(run_dir: Path) -> None:
     (run_dir / "results.csv").write_bytes(b"")
     one_error(["status", run_dir], "spec.yaml is not a sweep file", "results.csv is not a results table",
               "relaunch the sweep file")
+
+
+def test_report_without_any_metrics(run_dir: Path, tmp_path: Path) -> None:
+    """Found by the fuzzer: no trial's metrics.jsonl readable (the finals are still there)."""
+    for p in run_dir.glob("trials/*/metrics.jsonl"):
+        p.unlink()
+    code, out = invoke(["report", run_dir, "--out", tmp_path / "r.html", "--markdown", tmp_path / "t.md"])
+    assert code == 0 and (tmp_path / "r.html").is_file() and (tmp_path / "t.md").is_file(), out
+
+
+def test_results_csv_with_a_header_only(run_dir: Path) -> None:
+    """Found by the fuzzer: spec.yaml cut to one byte and results.csv cut inside its header."""
+    (run_dir / "spec.yaml").write_bytes(b"n")
+    (run_dir / "results.csv").write_bytes((run_dir / "results.csv").read_bytes()[:55])
+    code, out = invoke(["status", run_dir])
+    assert code == 0 and "quickstart: / 0 trials" in flat(out) and "spec.yaml is not a sweep file" in out
 
 
 def test_results_csv_as_written_with_bad_numbers(run_dir: Path, tmp_path: Path) -> None:
