@@ -120,7 +120,7 @@ CALLS = [
     ("bench_part", lambda t: ["bench", "--only", "gpu2"], "unknown bench part(s) gpu2"),
     ("data_format", lambda t: ["data", "prepare", "digits", "--format", "tfrecord"], "unknown --format 'tfrecord'"),
     ("report_not_a_sweep", lambda t: ["report", str(t / "nosuch")], "nosuch"),
-    ("missing_argument", lambda t: ["status"], "Missing argument 'name'. (see: mixsweep status --help)"),
+    ("missing_argument", lambda t: ["status"], "Missing argument 'name'. (see: "),
     ("unknown_verb", lambda t: ["lunch"], "No such command 'lunch'"),
     ("not_a_number", lambda t: ["status", "x", "--watch", "soon"], "Invalid value for '--watch'"),
     ("name_too_long", lambda t: ["trial", "n" * 300], "cannot open the sweep file: File name too long"),
