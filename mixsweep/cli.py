@@ -227,8 +227,10 @@ def _live_progress():
     task = bar.add_task("trials", total=None, detail="starting Ray")
 
     def update(c: dict) -> None:
+        # epochs done / in all, as --dry-run counts them (the sum of train.epochs)
         bar.update(task, total=c["total"], completed=c["done"] + c["failed"],
-                   detail=f"running {c['running']}  errors {c['failed']}  epochs {c['epochs']}")
+                   detail=f"running {c['running']}  errors {c['failed']}  "
+                          f"epochs {c['epochs']}/{c['epochs_total']}")
 
     return bar, update
 
@@ -271,6 +273,11 @@ def launch(
     if len(trials) > LARGE_SWEEP and not (yes or dry_run):
         raise UsageError(f"{file}: {len(trials)} trials is more than {LARGE_SWEEP}; check the grid "
                          "with --dry-run, then pass --yes to run it")
+    from mixsweep import placement
+
+    need = placement.Need.of(spec, trials)  # a trial no node can run would wait for ever
+    if to_slurm:
+        placement.check_slurm(need, spec.slurm.cpus_per_node, spec.slurm.gpus_per_node)
     if dry_run:
         _print_plan(spec, trials)
         if to_slurm:
@@ -278,6 +285,8 @@ def launch(
 
             submit(spec, file, dry_run=True, console=console)
         return
+    if ray_address is None and not to_slurm:  # a cluster's nodes: checked once launch joins it
+        placement.check_local(need)
     for name, root, download in {(t.data.dataset, t.data.root, t.data.download) for t in trials}:
         ensure_available(name, root, download, say=lambda msg: console.print(msg, markup=False))
     if any(t.data.loader == "ffcv" for t in trials):  # fail before a GPU-hour is spent
@@ -289,19 +298,23 @@ def launch(
 
     # a live job re-reads spec.yaml when requeued: check before rewriting it (its own driver may)
     require_no_active_job(spec.name, paths.root, own_job=os.environ.get("SLURM_JOB_ID"))
-    paths.write_spec(spec)
-    if to_slurm:
-        submit(spec, paths.spec, dry_run=False, console=console)
-        return
-    from mixsweep.tune import run_sweep
+    # the sweep's lock before anything in its folder is written: a second launch of a running
+    # sweep (another file of the same name, say) is refused and leaves spec.yaml as it was
+    with paths.lock():
+        paths.write_spec(spec)
+        if to_slurm:
+            submit(spec, paths.spec, dry_run=False, console=console)
+            return
+        from mixsweep.tune import run_sweep
 
-    bar, update = _live_progress()
-    with bar:
-        outcome = run_sweep(spec, trials, ray_address=ray_address, max_concurrent=max_concurrent,
-                            wandb_mode=wandb, progress=update, expect_nodes=expect_nodes,
-                            join_timeout=join_timeout,
-                            say=lambda line: console.print(line, markup=False, highlight=False,
-                                                          soft_wrap=True))
+        bar, update = _live_progress()
+        with bar:
+            outcome = run_sweep(spec, trials, ray_address=ray_address,
+                                max_concurrent=max_concurrent, wandb_mode=wandb,
+                                progress=update, expect_nodes=expect_nodes,
+                                join_timeout=join_timeout,
+                                say=lambda line: console.print(line, markup=False,
+                                                               highlight=False, soft_wrap=True))
     console.print(f"sweep {spec.name}: {outcome.completed} completed, {outcome.failed} failed, "
                   f"{outcome.unfinished} unfinished, {outcome.skipped} already done before this launch "
                   f"({outcome.seconds:.0f} s); results: {paths.results}")

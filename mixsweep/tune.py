@@ -8,6 +8,11 @@ too), and ``FailureConfig(max_failures)`` retries a crashed trial, which then
 continues from its last finished epoch. (Tuner.restore alone brings back the
 checkpoints of only some trials; per-trial checkpoints make resume exact.)
 
+Before anything runs, a sweep whose trials fit no node stops with one line
+(mixsweep.placement); Ray's own output goes to runs/<sweep>/launch.log
+(mixsweep.ray_output); a local Ray is private and a cluster is joined within a
+bounded time (mixsweep.ray_access).
+
 Stopping: SIGINT and SIGUSR1 are Ray Tune's own graceful stop (it stops all
 trials and saves its state); SIGTERM is a stop request (mixsweep.stop) that is
 handed to that path once Tune listens, and that starts no trial when it comes
@@ -29,7 +34,8 @@ from typing import Any
 import ray
 from ray import tune
 
-from mixsweep import stop
+from mixsweep import placement, ray_output, stop
+from mixsweep.ray_access import init_ray, wait_for_nodes
 from mixsweep.spec import SweepSpec, TrialConfig
 from mixsweep.store import SweepPaths, atomic_write_json, collect_rows, read_jsonl, write_results
 from mixsweep.tracking import TrialRun, usable_mode
@@ -85,10 +91,20 @@ def _trainable(config: dict[str, Any]) -> None:
 
 
 class _Counts(tune.Callback):
-    """Counts trial states for the live progress display."""
+    """Counts trial states for the live progress display.
 
-    def __init__(self, total: int, skipped: int, progress: Progress | None):
-        self.counts = {"total": total, "done": skipped, "running": 0, "failed": 0, "epochs": 0}
+    ``epochs`` / ``epochs_total`` count training epochs as ``launch --dry-run`` does
+    (epochs in all = the sum of train.epochs): a trial's epochs done is the last epoch
+    it finished (its report of epoch 0, at init, counts none, and a resumed trial's
+    reports do not count an epoch twice); ``done_before``: each trial's last epoch
+    already in the store when the launch began.
+    """
+
+    def __init__(self, total: int, skipped: int, progress: Progress | None,
+                 epochs_total: int = 0, done_before: dict[str, int] | None = None):
+        self.last_epoch = dict(done_before or {})
+        self.counts = {"total": total, "done": skipped, "running": 0, "failed": 0,
+                       "epochs": sum(self.last_epoch.values()), "epochs_total": epochs_total}
         self.progress = progress
 
     def __getstate__(self) -> dict[str, Any]:
@@ -107,7 +123,10 @@ class _Counts(tune.Callback):
         self._emit()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.counts["epochs"] += 1
+        key, epoch = _trial_name(trial), int(result.get("epoch") or 0)
+        if epoch > self.last_epoch.get(key, 0):
+            self.last_epoch[key] = epoch
+            self.counts["epochs"] = sum(self.last_epoch.values())
         self._emit()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -125,52 +144,6 @@ def _trial_name(trial: Any) -> str:
     return TrialConfig.model_validate(trial.config["trial"]).trial_id
 
 
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """ray.init (local, or joining ``address``). A TERM during it is a stop request, not an exit."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Tune's new console output prints its tables even at verbose=0; launch shows its own progress
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    if ray.is_initialized():
-        return
-    # include_dashboard=False: no dashboard UI and no HTTP port; Ray still starts its
-    # minimal API process (it binds no port: tests/test_reliability.py checks)
-    kwargs: dict[str, Any] = ({"address": address} if address
-                              else {"num_cpus": num_cpus, "dashboard_host": "127.0.0.1"})
-    try:  # ray.init replaces the TERM handler with sys.exit(SIGTERM) while it connects
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
-    except SystemExit as err:
-        if err.code != signal.SIGTERM:
-            raise
-        stop.request()
-    finally:
-        stop.install()
-
-
-def wait_for_nodes(expect: int, timeout: float, say: Say | None = None) -> list[str]:
-    """Wait up to ``timeout`` s for ``expect`` live Ray nodes; say how many joined; their hosts.
-
-    A node that does not join in time is not an error: the sweep goes on with
-    the nodes that did (one line says so).
-    """
-    def alive() -> list[dict[str, Any]]:
-        return [n for n in ray.nodes() if n.get("Alive")]
-
-    t0 = time.monotonic()
-    nodes = alive()
-    while len(nodes) < expect and time.monotonic() - t0 < timeout and not stop.requested():
-        time.sleep(0.5)
-        nodes = alive()
-    hosts = sorted(str(n.get("NodeManagerHostname") or n.get("NodeManagerAddress")) for n in nodes)
-    cpus = ray.cluster_resources().get("CPU", 0)
-    line = f"ray cluster: {len(nodes)} of {expect} nodes joined ({', '.join(hosts)}; {cpus:g} CPUs)"
-    if len(nodes) < expect:
-        line += (f"; {expect - len(nodes)} did not join within {timeout:.0f} s, "
-                 f"the sweep goes on with {len(nodes)}")
-    if say is not None:
-        say(line)
-    return hosts
-
-
 def run_sweep(
     spec: SweepSpec,
     trials: list[TrialConfig],
@@ -186,23 +159,16 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run the sweep's unfinished trials on Ray Tune and write the results table.
 
-    Holds the sweep's lock throughout: a second launch of the same sweep raises SweepLocked.
-    ``expect_nodes`` (the sbatch job's node count): wait up to ``join_timeout`` s
-    for that many Ray nodes and ``say`` how many joined. A stop request
-    (mixsweep.stop, SIGTERM) before the trials start runs none of them.
+    The caller holds the sweep's lock (``SweepPaths.lock``: launch takes it before it
+    writes spec.yaml). Locally, Ray gets ``num_cpus`` (default: this machine's) and the
+    GPUs torch sees; a trial that fits neither raises PlacementError before Ray starts.
+    With ``ray_address``, ``expect_nodes`` (the sbatch job's node count): wait up to
+    ``join_timeout`` s for that many Ray nodes and ``say`` how many joined; then a trial
+    that fits no alive node raises PlacementError (Ray disconnected). Ray's and Tune's
+    own output goes to runs/<sweep>/launch.log. A stop request (mixsweep.stop, SIGTERM)
+    before the trials start runs none of them.
     """
     paths = SweepPaths.of(spec.runs_dir, spec.name)
-    with paths.lock():
-        return _run_locked(paths, spec, trials, ray_address=ray_address,
-                           max_concurrent=max_concurrent, wandb_mode=wandb_mode,
-                           progress=progress, num_cpus=num_cpus, expect_nodes=expect_nodes,
-                           join_timeout=join_timeout, say=say)
-
-
-def _run_locked(paths: SweepPaths, spec: SweepSpec, trials: list[TrialConfig], *,
-                ray_address: str | None, max_concurrent: int | None, wandb_mode: str | None,
-                progress: Progress | None, num_cpus: int | None, expect_nodes: int,
-                join_timeout: float, say: Say) -> SweepOutcome:
     t0 = time.perf_counter()
     sweep_root = paths.root.resolve()
     _raise_disk_error(sweep_root)  # full or read-only: say so before Ray starts
@@ -210,20 +176,19 @@ def _run_locked(paths: SweepPaths, spec: SweepSpec, trials: list[TrialConfig], *
     skipped = len(trials) - len(todo)
     previous = stop.install()
     try:
-        mode = spec.tracking.wandb.mode
         if todo and not stop.requested():
             mode = usable_mode(wandb_mode or spec.tracking.wandb.mode, spec.name, say)
-            init_ray(ray_address, num_cpus)
-        if todo and expect_nodes and not stop.requested():
-            wait_for_nodes(expect_nodes, join_timeout, say)
-        if todo and not stop.requested():
-            try:
-                grid = _tuner(spec, paths, todo, sweep_root, mode, max_concurrent,
-                              _Counts(len(trials), skipped, progress)).fit()
-                _record_errors(paths, grid)
-            except Exception:
-                _raise_disk_error(sweep_root)  # Ray's own files cut short by a full disk, ...
-                raise
+            counts = _Counts(len(trials), skipped, progress,
+                             epochs_total=sum(t.train.epochs for t in trials),
+                             done_before=_epochs_done(paths, trials))
+            with ray_output.to_log(sweep_root / ray_output.LOG_NAME) as reroute:
+                try:
+                    _run_on_ray(spec, paths, todo, sweep_root, mode, counts, reroute,
+                                ray_address=ray_address, max_concurrent=max_concurrent,
+                                num_cpus=num_cpus, expect_nodes=expect_nodes,
+                                join_timeout=join_timeout, say=say)
+                finally:
+                    ray.shutdown()
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -239,6 +204,45 @@ def _run_locked(paths: SweepPaths, spec: SweepSpec, trials: list[TrialConfig], *
         unfinished=len(trials) - by.count("completed") - by.count("failed"), skipped=skipped,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _epochs_done(paths: SweepPaths, trials: list[TrialConfig]) -> dict[str, int]:
+    """Each trial's last finished epoch in the store (0 when it has none)."""
+    done = {}
+    for c in trials:
+        history = read_jsonl(paths.trial(c.trial_id).metrics)
+        done[c.trial_id] = min(int(history[-1]["epoch"]), c.train.epochs) if history else 0
+    return done
+
+
+def _run_on_ray(spec: SweepSpec, paths: SweepPaths, todo: list[TrialConfig], sweep_root: Path,
+                mode: str, counts: _Counts, reroute: Callable[[], None], *,
+                ray_address: str | None, max_concurrent: int | None, num_cpus: int | None,
+                expect_nodes: int, join_timeout: float, say: Say) -> None:
+    """Start or join Ray, check that a trial fits a node, run the Tuner (inside ray_output.to_log)."""
+    need = placement.Need.of(spec, todo)
+    if ray_address:
+        gcs = init_ray(ray_address)
+    else:
+        cpus = num_cpus or placement.local_cpus()
+        gpus = placement.local_gpus(need) if need.gpus > 0 or need.cuda else None
+        placement.check_local(need, cpus, gpus)
+        init_ray(None, cpus, gpus)
+    reroute()  # ray.init dropped the handlers of the "ray" logger
+    if stop.requested():
+        return
+    if ray_address and expect_nodes:
+        wait_for_nodes(expect_nodes, join_timeout, say)
+    if ray_address:
+        placement.check_cluster(need, ray.nodes(), str(gcs))
+    if stop.requested():
+        return
+    try:
+        grid = _tuner(spec, paths, todo, sweep_root, mode, max_concurrent, counts).fit()
+        _record_errors(paths, grid)
+    except Exception:
+        _raise_disk_error(sweep_root)  # Ray's own files cut short by a full disk, ...
+        raise
 
 
 def _raise_disk_error(root: Path) -> None:
