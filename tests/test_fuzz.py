@@ -14,7 +14,7 @@ Properties, for every generated case:
 Profiles (Hypothesis): ``ci`` (the default) is derandomised, i.e. a fixed seed, and runs
 2,000+ cases in all (~2-3 min on 2 cores); ``MIXSWEEP_FUZZ=soak`` multiplies the counts by
 MIXSWEEP_FUZZ_SCALE (default 25) with a fresh random seed each run (printed by Hypothesis on
-a failure). A failure found by either becomes an ``@example`` below, or a file in
+a failure); ``MIXSWEEP_FUZZ=examples`` runs only the @example cases. A failure found by either becomes an ``@example`` below, or a file in
 tests/bad_inputs/ when it is a sweep file with one clear problem.
 """
 
@@ -33,7 +33,7 @@ from unittest import mock
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 from pydantic import BaseModel
@@ -55,7 +55,9 @@ _COMMON = {"database": None, "deadline": None, "print_blob": True,
                                      HealthCheck.function_scoped_fixture]}
 settings.register_profile("ci", derandomize=True, **_COMMON)
 settings.register_profile("soak", derandomize=False, **_COMMON)
-PROFILE_SETTINGS = settings.get_profile(PROFILE if PROFILE in ("ci", "soak") else "ci")
+# only the @example cases (the defects found so far): a quick regression check
+settings.register_profile("examples", phases=[Phase.explicit], **_COMMON)
+PROFILE_SETTINGS = settings.get_profile(PROFILE if PROFILE in ("ci", "soak", "examples") else "ci")
 # cases per test in CI (x SCALE in a soak run); 2,000 in all
 CASES = {"sweep": 900, "yaml": 400, "cli": 450, "run_folder": 250}
 
@@ -456,10 +458,18 @@ def corruption(draw: st.DrawFn) -> tuple[int, str, Any]:
             draw(st.binary(max_size=64) | values))
 
 
-def _corrupt(root: Path, pick: int, how: str, payload: Any) -> None:
+def _corrupt(root: Path, pick: int | str, how: str, payload: Any) -> None:
+    """Damage one file (``pick``: an index into the folder's files, or a glob: every match)."""
+    if isinstance(pick, str):
+        for path in sorted(root.glob(pick)):
+            _corrupt_file(root, path, 0, how, payload)
+        return
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != "checkpoint.pt")
     files += [root / "slurm" / "job_id"]  # a SLURM sweep's recorded job
-    path = files[pick % len(files)]
+    _corrupt_file(root, files[pick % len(files)], pick, how, payload)
+
+
+def _corrupt_file(root: Path, path: Path, pick: int, how: str, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = path.read_bytes() if path.is_file() else b""
     if how == "truncate":
@@ -494,6 +504,10 @@ def _corrupt(root: Path, pick: int, how: str, payload: Any) -> None:
 @cases("run_folder")
 @given(damage=st.lists(corruption(), min_size=1, max_size=3))
 @example(damage=[(0, "json", [1, 2])])
+# found by this fuzzer (each crashed status or report before it was fixed):
+@example(damage=[("spec.yaml", "garbage", b"\x00"), ("results.csv", "garbage", b"trial_id,sta")])
+@example(damage=[("trials/*/metrics.jsonl", "garbage", b"\xff")])
+@example(damage=[("trials/*/result.json", "field", "x")])
 def test_fuzz_run_folder(damage: list, home: Path, quickstart_run: Path) -> None:
     with case_dir() as d:
         root = d / "runs" / "quickstart"
