@@ -247,7 +247,7 @@ def launch(
     ray_address: Annotated[str | None, typer.Option(help="Join a running Ray cluster ('auto' inside the sbatch job).")] = None,
     yes: Annotated[bool, typer.Option("--yes", help=f"Run a sweep of more than {LARGE_SWEEP} trials.")] = False,
     expect_nodes: Annotated[int, typer.Option(min=0, help="With --ray-address: wait for this many Ray nodes, say how many joined, go on with those (the sbatch job passes its node count).")] = 0,
-    join_timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for --expect-nodes.")] = 120.0,
+    join_timeout: Annotated[float, typer.Option(callback=_seconds("--join-timeout"), help="Seconds to wait for --expect-nodes.")] = 120.0,
 ) -> None:
     """Run a sweep: locally on Ray Tune, or submitted to SLURM when the file has a slurm: section.
 

@@ -123,6 +123,7 @@ CALLS = [
     ("missing_argument", lambda t: ["status"], "Missing argument 'name'. (see: "),
     ("unknown_verb", lambda t: ["lunch"], "No such command 'lunch'"),
     ("not_a_number", lambda t: ["status", "x", "--watch", "soon"], "Invalid value for '--watch'"),
+    ("join_timeout_nan", lambda t: ["launch", str(_ok(t)), "--join-timeout", "nan"], "'--join-timeout': nan is not a number of seconds"),
     ("name_too_long", lambda t: ["trial", "n" * 300], "cannot open the sweep file: File name too long"),
     ("symlink_loop", lambda t: ["launch", str(_loop(t))], "Too many levels of symbolic links"),
 ]
