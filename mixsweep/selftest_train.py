@@ -348,7 +348,7 @@ def ffcv_row(data: ArrayDataset, round_trip: bool) -> Row:
     ver = f"ffcv {version('ffcv')}"
     if not round_trip:
         return Row("ffcv", "pass", ver, "imports (the .beton round trip runs when the --sweep "
-                   "uses loader: ffcv; it costs ~10 s of numba compilation)")
+                   "uses loader: ffcv: it adds 10-45 s, FFCV's numba compilation)")
     split = labeled_split(data.train_y, 1.0, 0)
     cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):
