@@ -605,6 +605,50 @@ def bench(
         console.print(format_results(res), markup=False, highlight=False)
 
 
+@app.command()
+@user_errors
+def selftest(
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the rows as JSON: a list of {check, status, figure, detail}.")] = False,
+    sweep: Annotated[Path | None, typer.Option(help="Also check this sweep file's data, runs folder, W&B mode, torch.compile and GPU memory per architecture.")] = None,
+    preflight: Annotated[bool, typer.Option("--preflight", help="Seconds, not a minute: versions, the device, one tiny step per GPU, and (--sweep) the data root and runs folder: a SLURM node's check.")] = False,
+) -> None:
+    """Check this machine: device, each mode's step (CUDA graphs vs eager), speed, loaders, and a sweep's data, runs folder and W&B.
+
+    Exit code 0: every check passed or was skipped; 1: a check failed (named in the last line).
+
+    Example: mixsweep selftest --sweep sweeps/quickstart.yaml
+    """
+    import json
+    import time
+
+    from mixsweep import selftest as checks
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda (got {device!r})")
+
+    start = time.perf_counter()
+
+    def log(row):  # progress on stderr while the checks run
+        err_console.print(f"{time.perf_counter() - start:6.1f} s  {row.status:<4} {row.check}  "
+                          f"{row.figure}", markup=False, highlight=False)
+        return row
+
+    rows = (checks.preflight if preflight else checks.selftest)(device, sweep, log=log)
+    seconds = time.perf_counter() - start
+    if json_out:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        err_console.print(checks.verdict(rows), markup=False, highlight=False)
+    else:
+        kind = "preflight" if preflight else "selftest"
+        console.print(checks.table(rows, f"mixsweep {kind}: {seconds:.1f} s"))
+        if preflight:
+            console.print(checks.identity_line(), markup=False, highlight=False, soft_wrap=True)
+        console.print(checks.verdict(rows), markup=False, highlight=False, soft_wrap=True)
+    if checks.failed(rows):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app(prog_name="mixsweep")
 
