@@ -1,6 +1,7 @@
 """A stand-in for `python -m mixsweep.cli launch SPEC --local --ray-address ADDR` in SLURM tests.
 
-Used as the job's PYTHON: `fake_driver.py -m ray.scripts.scripts ...` runs the real
+Used as the job's PYTHON: `fake_driver.py -m ray.scripts.scripts ...` (and any other
+call but the launch, such as the nodes' `mixsweep.cli selftest --preflight`) runs the real
 Python (so the real Ray cluster starts); `fake_driver.py -m mixsweep.cli launch ...`
 connects to that cluster, runs one task on it, appends a line per start to
 <sweep>/driver.log, then works for FAKE_DRIVER_SECONDS (stops cleanly on TERM).
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 args = sys.argv[1:]
-if args[:2] != ["-m", "mixsweep.cli"]:
+if args[:3] != ["-m", "mixsweep.cli", "launch"]:  # Ray, and the nodes' real preflight
     os.execv(sys.executable, [sys.executable, *args])
 
 spec = Path(args[3])

@@ -56,12 +56,17 @@ def test_4x8_layout():
     assert re.search(r"^NNODES=4$", text, re.M) and re.search(r"^NUM_GPUS=8$", text, re.M)
     assert "--no-kill" in sbatch  # a lost node ends its Ray worker, not the job
     # workers: one srun step on each of the other 3 nodes (a lost node ends only its own)
-    srun = text[text.index("srun "):text.index("ray_worker\" &")]
-    assert 'for node in "${NODES[@]:1}"' in text
+    workers = text.index('for node in "${GOOD_NODES[@]:1}"')
+    srun = text[workers:text.index("ray_worker\" &")]
     assert '--nodes=1 --ntasks=1 --nodelist="$node"' in srun and "--no-kill" in srun
     assert '--cpus-per-task="$NUM_CPUS"' in srun
-    # the driver waits for all nodes and says how many joined
-    assert '--expect-nodes "$NNODES"' in text
+    # before Ray starts, every node runs its preflight (the others in one srun step each,
+    # bounded), and only the nodes that passed get a worker
+    pre = text[text.index('for node in "${NODES[@]:1}"'):workers]
+    assert "srun --nodes=1 --ntasks=1" in pre and "preflight_node" in pre and "timeout" in pre
+    assert pre.index("HEAD_PF=$(preflight_node)") < pre.index("start --head")
+    # the driver waits for the nodes that passed and says how many joined
+    assert '--expect-nodes "${#GOOD_NODES[@]}"' in text
     # head and driver run in the batch shell on the first node
     assert "start --head" in text and "launch \"$SPEC_FILE\" --local --ray-address" in text
     # the user's setup lines come verbatim, before Ray starts

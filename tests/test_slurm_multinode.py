@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from slurm_env import (  # noqa: F401
@@ -31,6 +34,7 @@ from slurm_env import (  # noqa: F401
 )
 from wandb_reader import logged_epochs
 
+import mixsweep
 from mixsweep import slurm
 from mixsweep.spec import parse_spec
 from mixsweep.store import SweepPaths, read_jsonl, read_results
@@ -340,3 +344,78 @@ def test_two_sweeps_side_by_side_no_port_collision(launch, tmp_path, monkeypatch
     _show(capsys, f"side by side: jobs {a} and {b} (equal mod 110), head ports {head_a} and "
                   f"{head_b}, {len(ports[a])} + {len(ports[b])} listening (node, port) pairs, "
                   f"all in [10000, 32000), none shared; {joined_b.group(0)}; {failed[0].strip()}")
+
+
+def _submit_with(python: Path, sweep: dict, tmp_path: Path, monkeypatch, launch) -> tuple[SweepPaths, str]:
+    """Submit ``sweep`` with ``python`` as the job's interpreter (a per-node wrapper)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    spec = parse_spec(sweep, f"{sweep['name']}.yaml")
+    paths = SweepPaths.of(tmp_path / "runs", sweep["name"])
+    paths.write_spec(spec)
+    job = slurm.submit(spec, paths.spec, python=str(python))
+    launch.jobs.append(job)
+    return paths, job
+
+
+def test_preflight_leaves_out_a_node_with_another_mixsweep(launch, tmp_path, monkeypatch, capsys):
+    """node3 imports another mixsweep (a copy of the package with another version, first on
+    its PYTHONPATH): its preflight reports that version, the head leaves node3 out in one
+    line, Ray starts on node1 and node2 only, and the sweep completes there, every trial
+    and epoch once."""
+    shadow = tmp_path / "shadow"
+    shutil.copytree(ROOT / "mixsweep", shadow / "mixsweep",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    init = shadow / "mixsweep" / "__init__.py"
+    init.write_text(re.sub(r'__version__ = "[^"]*"', '__version__ = "0.0.0+other"', init.read_text()))
+    wrapper = tmp_path / "py"
+    wrapper.write_text("#!/bin/sh\n"
+                       f'[ "$(hostname)" = node3 ] && export PYTHONPATH="{shadow}"\n'
+                       f'exec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    paths, job = _submit_with(wrapper, _sweep(tmp_path, "preflight", seeds=[0, 1], epochs=2),
+                              tmp_path, monkeypatch, launch)
+    state = wait_for(lambda: finished_state(job), 500, f"job {job}", every=2)
+    log = job_log(paths.root, job)
+    assert state == "COMPLETED", log[-4000:]
+    left_out = [x for x in log.splitlines() if "preflight: node node3 left out" in x]
+    assert len(left_out) == 1 and "mixsweep=0.0.0+other" in left_out[0], log[-4000:]
+    assert "on the head" in left_out[0] and f"mixsweep={mixsweep.__version__}" in left_out[0]
+    assert re.search(r"preflight: 2 of 3 nodes passed \(node1 node2; ", log), log[-4000:]
+    assert "ray worker on node3" not in log and "did not join" not in log
+    assert re.search(r"^ray cluster: 2 of 2 nodes joined \(node1, node2; 4 CPUs\)$", log, re.M)
+    results = _all_trials_once(paths, 4, 2)
+    hosts = Counter(r["provenance"]["host"] for r in results.values())
+    assert set(hosts) <= {"node1", "node2"}, hosts
+    assert not ray_left(job), "a Ray process outlived the job"
+    _show(capsys, f"preflight, job {job}: {left_out[0].split('] ', 1)[-1]}; trials per host "
+                  f"(result provenance): {dict(sorted(hosts.items()))}")
+
+
+def test_preflight_head_failure_ends_the_job_at_once(launch, tmp_path, capsys):
+    """The sweep's CIFAR-10 is in a folder the login node sees and no compute node does (a
+    node-local /tmp): launch accepts it, every node's preflight fails on the data, and the
+    job ends at once with one line naming the head and the reason: no Ray, no trial, no
+    idle allocation."""
+    from test_data import write_cifar10
+
+    data = Path(tempfile.mkdtemp(prefix="mxsw-data-", dir="/tmp"))  # not shared with the nodes
+    try:
+        write_cifar10(data, np.random.default_rng(0))
+        sweep = _sweep(tmp_path, "nodata", seeds=[0], epochs=1, modes=("erm",))
+        sweep["data"] = {"dataset": "cifar10", "root": str(data)}
+        t0 = time.monotonic()
+        paths, job = launch(sweep)
+        state = wait_for(lambda: finished_state(job), 300, f"job {job}", every=1)
+        took = time.monotonic() - t0
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    log = job_log(paths.root, job)
+    assert state == "FAILED", log[-4000:]
+    head = [x for x in log.splitlines() if "preflight: the head node node1 failed" in x]
+    assert len(head) == 1 and "cifar10" in head[0] and "the job ends" in head[0], log[-4000:]
+    assert "ray head on" not in log and "driver:" not in log
+    assert not paths.trials.exists() or not any(paths.trials.iterdir())
+    assert not ray_left(job)
+    _show(capsys, f"preflight, job {job}: {head[0].split('] ', 1)[-1]} ({took:.0f} s from "
+                  "launch to the job's end)")

@@ -136,6 +136,29 @@ ray_worker() {
   return 0
 }
 
+# preflight_node: this node's check before it may take trials (`mixsweep selftest
+# --preflight`: the device and a tiny step on each GPU, the data root and the runs folder,
+# versions), bounded by MIXSWEEP_PREFLIGHT_TIMEOUT (default 180 s). Prints one line:
+#   PREFLIGHT <host> <ok|fail> <mixsweep=V python=V> <reason>
+preflight_node() {
+  local out rc host ident verdict reason
+  host=$(hostname -s 2>/dev/null || hostname)
+  out=$(timeout --kill-after=10 "${MIXSWEEP_PREFLIGHT_TIMEOUT:-180}" \
+    bash -c "$(declare -f run_in); run_in \"\$@\"" _ "$PYTHON" -m mixsweep.cli selftest --preflight \
+    --sweep "$SPEC_FILE" 2>&1) && rc=0 || rc=$?
+  ident=$(printf '%s\n' "$out" | sed -n 's/^preflight: host=[^ ]* \(mixsweep=[^ ]* python=[^ ]*\).*/\1/p' | tail -n 1)
+  verdict=$(printf '%s\n' "$out" | grep -E '^(selftest|error): ' | tail -n 1)
+  if [ "$rc" = 0 ]; then
+    printf 'PREFLIGHT %s ok %s\n' "$host" "${ident:-mixsweep=? python=?}"
+    return 0
+  fi
+  reason=${verdict:-$(printf '%s\n' "$out" | grep -v '^[[:space:]]*$' | tail -n 1)}
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    reason="no answer within ${MIXSWEEP_PREFLIGHT_TIMEOUT:-180} s"
+  fi
+  printf 'PREFLIGHT %s fail %s exit %s: %s\n' "$host" "${ident:-mixsweep=? python=?}" "$rc" "${reason:-no output}"
+}
+
 # stop_ray: stop the Ray processes this script started, all at once, wait (KILL after
 # 40 s), so that no Ray process outlives the job. The workers get USR1 through their
 # srun (srun passes it on to the task; a TERM would make srun kill the task at once,
@@ -184,6 +207,8 @@ cd "$WORKDIR"
 
 PORT_BASE=$(pick_port_base) || exit 1
 RAY_TMP=$(ray_tmp_dir)
+gres=()
+[ "$NUM_GPUS" -gt 0 ] && gres=(--gres="gpu:$NUM_GPUS")
 mapfile -t NODES < <(scontrol show hostnames "${SLURM_JOB_NODELIST:-$(hostname)}")
 HEAD_NODE=${NODES[0]}
 export PYTHON CONTAINER NUM_CPUS NUM_GPUS
@@ -197,6 +222,47 @@ if [ -z "${RAY_AUTH_MODE:-}" ]; then
   export RAY_AUTH_MODE=token RAY_AUTH_TOKEN
 fi
 
+# Preflight: every node checks itself before Ray starts (the head here, the others in one
+# srun step each, at once). A node that fails, does not answer, or runs another mixsweep
+# or Python than the head is left out, named in one line; the sweep goes on with the rest.
+# If the head fails (it holds the driver and the results), the job ends at once.
+PF_DIR=$RAY_TMP.preflight
+mkdir -p "$PF_DIR"
+export SPEC_FILE
+for node in "${NODES[@]:1}"; do
+  timeout --kill-after=10 $((${MIXSWEEP_PREFLIGHT_TIMEOUT:-180} + 60)) \
+    srun --nodes=1 --ntasks=1 --nodelist="$node" --cpus-per-task="$NUM_CPUS" ${gres[@]+"${gres[@]}"} \
+    --kill-on-bad-exit=0 bash -c "$(declare -f run_in preflight_node); preflight_node" \
+    >"$PF_DIR/$node" 2>/dev/null &
+done
+HEAD_PF=$(preflight_node)
+wait
+read -r _ _ head_status head_mixsweep head_python _ <<<"$HEAD_PF"
+head_ident="$head_mixsweep $head_python"
+if [ "$head_status" != ok ]; then
+  log "preflight: the head node $HEAD_NODE failed (${HEAD_PF#PREFLIGHT * fail }): it runs the driver, so the job ends; fix it and launch again"
+  stop_ray
+  trap - EXIT
+  exit 1
+fi
+GOOD_NODES=("$HEAD_NODE")
+for node in "${NODES[@]:1}"; do
+  line=$(grep '^PREFLIGHT ' "$PF_DIR/$node" 2>/dev/null | tail -n 1)
+  read -r _ _ status node_mixsweep node_python _ <<<"$line"
+  ident="$node_mixsweep $node_python"
+  if [ -z "$line" ]; then
+    log "preflight: node $node left out: no answer (srun could not run the check there)"
+  elif [ "$status" != ok ]; then
+    log "preflight: node $node left out: ${line#PREFLIGHT * fail }"
+  elif [ "$ident" != "$head_ident" ]; then
+    log "preflight: node $node left out: $ident there, $head_ident on the head"
+  else
+    GOOD_NODES+=("$node")
+  fi
+done
+rm -rf "$PF_DIR"
+log "preflight: ${#GOOD_NODES[@]} of $NNODES nodes passed (${GOOD_NODES[*]}; $head_ident)"
+
 mapfile -t head_args < <(ray_start_args)
 # The Ray Client server (default port 10001, shared by every job on a node) starts
 # whenever ray[client] (grpc) is installed; give it this job's port then.
@@ -208,11 +274,9 @@ run_in "$PYTHON" -m ray.scripts.scripts start --head --port="$PORT_BASE" --inclu
   "${head_args[@]}" &
 HEAD_PID=$!
 
-gres=()
-[ "$NUM_GPUS" -gt 0 ] && gres=(--gres="gpu:$NUM_GPUS")
-# one srun step per other node (a failed node ends only its own step); the function
+# one srun step per other node that passed its preflight (a failed node ends only its own step); the function
 # text travels as the command, the settings through the environment (srun exports it).
-for node in "${NODES[@]:1}"; do
+for node in "${GOOD_NODES[@]:1}"; do
   srun --nodes=1 --ntasks=1 --nodelist="$node" --cpus-per-task="$NUM_CPUS" ${gres[@]+"${gres[@]}"} \
     --kill-on-bad-exit=0 --no-kill \
     bash -c "$(declare -f log run_in node_ip pick_port_base release_ports ray_tmp_dir ray_start_args ray_worker); ray_worker" &
@@ -229,9 +293,9 @@ done
 
 rc=0
 if [ "$STOP" = 0 ]; then
-  log "driver: mixsweep launch $SPEC_FILE --local --ray-address $RAY_ADDRESS --expect-nodes $NNODES"
+  log "driver: mixsweep launch $SPEC_FILE --local --ray-address $RAY_ADDRESS --expect-nodes ${#GOOD_NODES[@]}"
   run_in "$PYTHON" -m mixsweep.cli launch "$SPEC_FILE" --local --ray-address "$RAY_ADDRESS" \
-    --expect-nodes "$NNODES" --join-timeout "${MIXSWEEP_JOIN_TIMEOUT:-120}" &
+    --expect-nodes "${#GOOD_NODES[@]}" --join-timeout "${MIXSWEEP_JOIN_TIMEOUT:-120}" &
   DRIVER_PID=$!
   # a trap interrupts `wait`; wait again until the driver has really exited
   while :; do
