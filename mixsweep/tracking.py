@@ -17,7 +17,6 @@ import contextlib
 import netrc
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -26,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from mixsweep.reach import reach
 
 MODES = ("offline", "online", "disabled")
 
@@ -179,27 +180,7 @@ def online_problem(timeout: float = 5.0) -> str | None:
         port = url.port or (443 if url.scheme == "https" else 80)
     except ValueError:  # a port that is not a number
         return f"WANDB_BASE_URL {base!r} is not a URL"
-    return _reach(host, port, timeout)
-
-
-def _reach(host: str, port: int, timeout: float) -> str | None:
-    """Why a TCP connection to host:port fails, or None; bounded by ``timeout`` in all (the
-    name lookup too, which the socket timeout does not cover: a thread does it)."""
-    import threading
-
-    found: list[str | None] = []
-
-    def connect() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            found.append(None)
-        except OSError as err:
-            found.append(f"cannot reach {host}:{port}: {err.strerror or err}")
-
-    worker = threading.Thread(target=connect, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    return found[0] if found else f"cannot reach {host}:{port}: no answer within {timeout:g} s"
+    return reach(host, port, timeout)
 
 
 def usable_mode(mode: str, sweep: str, say) -> str:  # type: ignore[no-untyped-def]

@@ -120,30 +120,16 @@ def _root_problem(name: str, root: Path) -> DataError | None:
 
 
 def _reach(url: str, timeout: float) -> None:
-    """Connect to the server of ``url`` within ``timeout`` in all (the name lookup too, which
-    no socket timeout covers: a thread does it); an OSError saying why not."""
-    import socket
-    import threading
+    """Connect to the server of ``url`` within ``timeout`` in all; an OSError saying why not."""
     from urllib.parse import urlparse
 
+    from mixsweep.reach import reach
+
     where = urlparse(url)
-    host = where.hostname or ""
-    port = where.port or (443 if where.scheme == "https" else 80)
-    why: list[str | None] = []
-
-    def connect() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            why.append(None)
-        except OSError as err:
-            why.append(f"cannot reach {host}:{port}: {err.strerror or err}")
-
-    worker = threading.Thread(target=connect, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if not why or why[0]:
-        raise ConnectionError(why[0] if why else f"cannot reach {host}:{port}: no answer "
-                              f"within {timeout:g} s")
+    why = reach(where.hostname or "", where.port or (443 if where.scheme == "https" else 80),
+                timeout)
+    if why:
+        raise ConnectionError(why)
 
 
 def _download(name: str, root: Path) -> None:
