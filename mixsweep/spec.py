@@ -749,8 +749,9 @@ def _format_errors(err: ValidationError, root: type[BaseModel]) -> list[str]:
             lines.append(_unknown_key(loc, e["input"] if e["type"] == "invalid_key" else bad, root))
             branch.append(False)
             continue
+        parts = tuple(e["loc"])  # () for an error of the whole file (a key that is not text)
         loc = tuple(str(p) if nxt == "[key]" else p  # a map's key, even 1, is not a list index
-                    for p, nxt in zip(e["loc"], (*e["loc"][1:], None), strict=True)
+                    for p, nxt in zip(parts, (*parts[1:], None)[:len(parts)], strict=True)
                     if not (isinstance(p, str) and _TAG.match(p)))
         key = ".".join(str(p) for p in loc if not isinstance(p, int))
         idx = [p for p in loc if isinstance(p, int)]

@@ -314,6 +314,7 @@ def yaml_text(draw: st.DrawFn) -> str | bytes:
 @cases("yaml")
 @given(text=yaml_text())
 @example(text="data:\n  dataset: digits\n" + "x: " + "[" * 300 + "]" * 300 + "\n")
+@example(text='"\\ud83d\\udca5": 1\n')  # found by the soak run: lone surrogates in a key
 def test_fuzz_yaml_text(text: str | bytes, home: Path) -> None:
     _check_sweep_text(text)
 
@@ -508,6 +509,7 @@ def _corrupt_file(root: Path, path: Path, pick: int, how: str, payload: Any) -> 
 @example(damage=[("spec.yaml", "garbage", b"\x00"), ("results.csv", "garbage", b"trial_id,sta")])
 @example(damage=[("trials/*/metrics.jsonl", "garbage", b"\xff")])
 @example(damage=[("trials/*/result.json", "field", "x")])
+@example(damage=[(1, "json", {"\U00010000": None})])  # found by the soak run (spec.yaml)
 def test_fuzz_run_folder(damage: list, home: Path, quickstart_run: Path) -> None:
     with case_dir() as d:
         root = d / "runs" / "quickstart"
