@@ -471,6 +471,8 @@ def _corrupt(root: Path, pick: int | str, how: str, payload: Any) -> None:
 
 
 def _corrupt_file(root: Path, path: Path, pick: int, how: str, payload: Any) -> None:
+    if path.is_dir():  # made a folder by an earlier damage of this case
+        shutil.rmtree(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = path.read_bytes() if path.is_file() else b""
     if how == "truncate":
@@ -510,6 +512,7 @@ def _corrupt_file(root: Path, path: Path, pick: int, how: str, payload: Any) -> 
 @example(damage=[("trials/*/metrics.jsonl", "garbage", b"\xff")])
 @example(damage=[("trials/*/result.json", "field", "x")])
 @example(damage=[(1, "json", {"\U00010000": None})])  # found by the soak run (spec.yaml)
+@example(damage=[(3530, "dir", b""), (3530, "delete", b"")])  # the fuzzer's own bug: a file made a folder
 def test_fuzz_run_folder(damage: list, home: Path, quickstart_run: Path) -> None:
     with case_dir() as d:
         root = d / "runs" / "quickstart"
