@@ -168,3 +168,20 @@ def test_nl_has_no_upper_bound_and_the_network_runs_in_float32() -> None:
     stats = layer_stats(model, probes, layers={"h": "output"}, k=2, alpha=1.0, seed=0)
     assert stats["nl"]["h"] > 2  # about 5 for independent outputs with uniform weights
     assert model.dtypes == {torch.float32}  # only the probed outputs are cast to float64
+
+
+def test_version_license_and_changelog_agree() -> None:
+    import mixsweep
+
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["version"] == mixsweep.__version__
+    changelog = (REPO / "CHANGELOG.md").read_text(encoding="utf-8")
+    newest = re.search(r"^## \[(\d+\.\d+\.\d+)\]", changelog, re.M)
+    assert newest is not None and newest.group(1) == mixsweep.__version__
+    assert project["license"] == "Apache-2.0"
+    license_text = (REPO / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert "Copyright 2026 the mixsweep authors" in license_text
+    assert (REPO / "mixsweep" / "py.typed").is_file()
