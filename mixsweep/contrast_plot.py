@@ -59,12 +59,16 @@ def forest(table: pd.DataFrame, families: list[tuple[str, str]], title: str) -> 
 def figures(table: pd.DataFrame, contrast: str, a: str) -> dict[str, go.Figure]:
     """``forest`` (NL, one panel per moment) and ``forest_outcomes`` (accuracy, epochs to target)."""
     moments = list(dict.fromkeys(table.loc[table["metric"] == "NL", "moment"]))
-    level = table["level"].min() if len(table) else 0.95
-    sub = f"<br><sup>{contrast}: difference {a} − other, Bonferroni-adjusted intervals " \
-          f"(lowest level {level:.4f}); blue: below zero, orange: above</sup>"
+    def sub(metric_rows: pd.DataFrame) -> str:
+        level = metric_rows["level"].min() if len(metric_rows) else 0.95
+        return (f"<br><sup>{contrast}: difference {a} − other, Bonferroni-adjusted intervals (level "
+                f"{level:.4f} or more); blue: below zero, orange: above</sup>")
+
     out = {}
     if moments:
-        out["forest"] = forest(table, [("NL", m) for m in moments], "NL difference (lower = A more linear)" + sub)
+        out["forest"] = forest(table, [("NL", m) for m in moments],
+                               f"NL difference (below zero = {a} more linear)" + sub(table[table["metric"] == "NL"]))
     out["forest_outcomes"] = forest(table, [(ACC, "end"), (ETT, "restricted mean")],
-                                    "Final accuracy and epochs to target (restricted mean)" + sub)
+                                    "Final accuracy and epochs to target (restricted mean)"
+                                    + sub(table[table["metric"] != "NL"]))
     return out
