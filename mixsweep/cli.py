@@ -546,6 +546,33 @@ def report(
         err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
+@app.command()
+@user_errors
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Sweep folders (runs/<sweep>) holding both arms.")],
+    contrast: Annotated[str, typer.Option(help="AXIS=A:B, e.g. mixup.mode=sup:erm (axes as for report --by): A minus B per cell of the other axes.")],
+    out: Annotated[Path, typer.Option(help="Folder for compare.md, compare.csv, forest.html (+ PNGs).")] = Path("compare"),
+    early_epoch: Annotated[int | None, typer.Option(min=1, help="The early epoch of the NL contrast (default: linearity.every).")] = None,
+) -> None:
+    """Contrast two values of one axis: differences with Bonferroni-adjusted 95% intervals and verdicts.
+
+    Example: mixsweep compare runs/small_q1_supervised --contrast mixup.mode=sup:erm --out compare_q1
+    """
+    from mixsweep.compare import write_compare
+    from mixsweep.report import ReportError
+
+    try:
+        done = write_compare(run_dirs, contrast, out, early_epoch=early_epoch)
+    except ReportError as err:
+        raise UsageError(str(err)) from None
+    shown = done.table["verdict"].str.startswith(done.contrast.a).sum()
+    console.print(f"compare {done.contrast}: {len(done.table)} contrasts, {shown} with a verdict", soft_wrap=True)
+    for p in done.files:
+        console.print(f"  {p}", soft_wrap=True)
+    for note in done.notes:
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+
+
 data_app = typer.Typer(cls=_PlainErrors, help="Prepare datasets (e.g. FFCV .beton files).",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
