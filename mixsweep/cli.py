@@ -19,8 +19,11 @@ from typer._click.exceptions import UsageError as ClickUsageError
 from typer.core import TyperGroup
 
 from mixsweep.data import DataError
+from mixsweep.plan import fmt as _fmt
+from mixsweep.plan import keys_help
 from mixsweep.slurm import SlurmError
-from mixsweep.spec import LARGE_SWEEP, SpecError, keys_help
+from mixsweep.spec import LARGE_SWEEP
+from mixsweep.spec_errors import SpecError
 from mixsweep.store import StoreError, SweepLocked
 
 
@@ -136,14 +139,6 @@ def _root() -> None:
     """
 
 
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and v != v):  # None or NaN: not applicable / censored
-        return "—"
-    if isinstance(v, float):
-        return str(int(v)) if v.is_integer() and abs(v) < 1e6 else f"{v:.4g}"
-    return str(v)
-
-
 @app.command()
 @user_errors
 def trial(
@@ -155,7 +150,7 @@ def trial(
 
     Example: mixsweep trial sweeps/trial_digits.yaml --out runs/debug
     """
-    from mixsweep.spec import load_trial
+    from mixsweep.spec_yaml import load_trial
     from mixsweep.trial import device_problem, run_trial
 
     _, cfg = load_trial(config)
@@ -189,34 +184,6 @@ def trial(
     if res["status"] != "completed":
         err_console.print(f"trial failed: {res['reason']}", markup=False, soft_wrap=True)
         raise typer.Exit(1)
-
-
-PLAN_ROWS = 1000  # rows of the --dry-run trial table
-
-
-def _print_plan(spec, trials) -> None:
-    from mixsweep.spec import plan
-
-    info = plan(spec, trials)
-    varying = [k for k in info["axes"] if k != "seeds"]
-    table = Table(title=f"sweep {spec.name}: {len(trials)} trials")
-    table.add_column("trial_id", no_wrap=True, min_width=12)
-    for col in (*varying, "seed"):
-        table.add_column(col.split(".")[-1].replace("labeled_fraction", "fraction"), no_wrap=True)
-    for t in trials[:PLAN_ROWS]:
-        flat = t.flat()
-        table.add_row(t.trial_id, *(_fmt(flat[k]) for k in varying), str(t.seed))
-    console.print(table)
-    if len(trials) > PLAN_ROWS:  # a 100,000-row table takes minutes to print and to read
-        console.print(f"... and {len(trials) - PLAN_ROWS} more trials, not shown (the first "
-                      f"{PLAN_ROWS} are above; the counts below are for all {len(trials)})")
-    console.print(f"trials: {info['trials']}  by mode: {info['by_mode']}  epochs in all: {info['epochs_total']}")
-    console.print("axes: " + "; ".join(f"{k}={v}" for k, v in info["axes"].items()))
-    r = info["resources"]
-    console.print(f"resources per trial: {r['cpus_per_trial']} CPU, {r['gpus_per_trial']} GPU; "
-                  f"max concurrent: {r['max_concurrent'] or 'all that fit'}; max failures: {r['max_failures']}")
-    gh = info["gpu_hours_estimate"]
-    console.print("estimated GPU-hours: " + (f"{gh:.1f}" if gh is not None else "— (set train.epoch_seconds_hint)"))
 
 
 def _live_progress():
@@ -256,69 +223,37 @@ def launch(
 
     Example: mixsweep launch sweeps/quickstart.yaml
     """
-    import os
-
     from mixsweep import stop
 
     stop.install()  # a TERM from now on stops the sweep cleanly (exit 3), whenever it comes
-    from mixsweep.data.datasets import ensure_available
-    from mixsweep.spec import expand, load_spec
-    from mixsweep.store import SweepPaths
+    from mixsweep.launch import launch as run_launch
 
-    if wandb is not None and wandb not in ("offline", "online", "disabled"):
-        raise UsageError(f"--wandb must be offline, online or disabled (got {wandb!r})")
-    spec = load_spec(file)
-    trials = expand(spec)
-    to_slurm = spec.slurm is not None and not local
-    if len(trials) > LARGE_SWEEP and not (yes or dry_run):
-        raise UsageError(f"{file}: {len(trials)} trials is more than {LARGE_SWEEP}; check the grid "
-                         "with --dry-run, then pass --yes to run it")
-    from mixsweep import placement
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    need = placement.Need.of(spec, trials)  # a trial no node can run would wait for ever
-    if to_slurm:
-        placement.check_slurm(need, spec.slurm.cpus_per_node, spec.slurm.gpus_per_node)
+    bar, update = _live_progress()
+    res = run_launch(file, dry_run=dry_run, local=local, max_concurrent=max_concurrent,
+                     wandb=wandb, ray_address=ray_address, yes=yes, expect_nodes=expect_nodes,
+                     join_timeout=join_timeout, say=say, progress=update, console=console,
+                     while_running=bar)
     if dry_run:
-        _print_plan(spec, trials)
-        if to_slurm:
+        from mixsweep.plan import print_plan
+
+        print_plan(res.spec, res.trials, console)
+        if res.to_slurm:
             from mixsweep.slurm import submit
 
-            submit(spec, file, dry_run=True, console=console)
+            submit(res.spec, file, dry_run=True, console=console)
         return
-    if ray_address is None and not to_slurm:  # a cluster's nodes: checked once launch joins it
-        placement.check_local(need)
-    for name, root, download in {(t.data.dataset, t.data.root, t.data.download) for t in trials}:
-        ensure_available(name, root, download, say=lambda msg: console.print(msg, markup=False))
-    if any(t.data.loader == "ffcv" for t in trials):  # fail before a GPU-hour is spent
-        from mixsweep.data.ffcv_loader import require_ffcv
+    if res.outcome is None:  # submitted to SLURM (submit printed the job)
+        return
+    from mixsweep.store import SweepPaths
 
-        require_ffcv()
-    paths = SweepPaths.of(spec.runs_dir, spec.name)
-    from mixsweep.slurm import require_no_active_job, submit
-
-    # a live job re-reads spec.yaml when requeued: check before rewriting it (its own driver may)
-    require_no_active_job(spec.name, paths.root, own_job=os.environ.get("SLURM_JOB_ID"))
-    # the sweep's lock before anything in its folder is written: a second launch of a running
-    # sweep (another file of the same name, say) is refused and leaves spec.yaml as it was
-    with paths.lock():
-        paths.write_spec(spec)
-        if to_slurm:
-            submit(spec, paths.spec, dry_run=False, console=console)
-            return
-        from mixsweep.tune import run_sweep
-
-        bar, update = _live_progress()
-        with bar:
-            outcome = run_sweep(spec, trials, ray_address=ray_address,
-                                max_concurrent=max_concurrent, wandb_mode=wandb,
-                                progress=update, expect_nodes=expect_nodes,
-                                join_timeout=join_timeout,
-                                say=lambda line: console.print(line, markup=False,
-                                                               highlight=False, soft_wrap=True))
-    console.print(f"sweep {spec.name}: {outcome.completed} completed, {outcome.failed} failed, "
-                  f"{outcome.unfinished} unfinished, {outcome.skipped} already done before this launch "
-                  f"({outcome.seconds:.0f} s); results: {paths.results}")
-    if not outcome.done:
+    o = res.outcome
+    console.print(f"sweep {res.spec.name}: {o.completed} completed, {o.failed} failed, "
+                  f"{o.unfinished} unfinished, {o.skipped} already done before this launch "
+                  f"({o.seconds:.0f} s); results: {SweepPaths(res.sweep_dir).results}")
+    if not o.done:
         err_console.print(f"sweep stopped before the end; resume with: mixsweep launch {file}")
         raise typer.Exit(3)
 

@@ -20,7 +20,9 @@ from typer.testing import CliRunner
 
 from mixsweep import slurm, tune
 from mixsweep.cli import app
-from mixsweep.spec import expand, load_yaml, parse_spec
+from mixsweep.expand import expand
+from mixsweep.spec import parse_spec
+from mixsweep.spec_yaml import load_yaml
 from mixsweep.store import SweepPaths, atomic_write_json, collect_rows, write_results
 
 REPO = Path(__file__).resolve().parents[1]
