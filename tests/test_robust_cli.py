@@ -160,7 +160,7 @@ def test_user_errors_names_every_wrong_kind_of_path(tmp_path: Path, capsys: pyte
 
     import typer
 
-    from mixsweep.cli import user_errors
+    from mixsweep.cli_errors import user_errors
 
     (tmp_path / "f").write_text("x")
     cases = [(errno.ENOTDIR, tmp_path / "f" / "a", f"error: {tmp_path / 'f' / 'a'}: {tmp_path / 'f'} is a file, not a folder"),
