@@ -694,3 +694,37 @@ def test_a_value_that_fits_no_branch_of_a_union_gets_one_line() -> None:
     assert line.startswith("train.target_accuracy: Input should be a valid number"), line
     (line,) = problems({"train": {"epoch_seconds_hint": True}})
     assert line.startswith("train.epoch_seconds_hint: Input should be a valid number, not true/false")
+
+
+@pytest.mark.parametrize("sections", [
+    {"data": {"dataset": ["cifar10", "digits"], "num_labels": {"cifar10": [250]}}},
+    {"train": {"batch_size": [64, 5000]}, "data": {"dataset": ["digits", "cifar10"]}},
+    {"mixup": {"mode": ["erm", "sup", "both"], "k": [2, None]}},
+    {"mixup": {"mode": ["unsup", "mt"], "rampup": [None]}},
+    {"train": {"epoch_seconds_hint": {"erm": 1.0}}, "mixup": {"mode": ["erm", "unsup"]}},
+    {"train": {"target_accuracy": {"cifar10": 0.8}}, "data": {"dataset": ["cifar10", "svhn"]}},
+    {"data": {"dataset": ["digits"], "labeled_fraction": [1.0, 0.5], "num_labels": [None, 100]}},
+])
+def test_parse_spec_finds_the_problem_expansion_would_meet_first(sections: dict) -> None:
+    """parse_spec checks the rules on the grid's points, without building the trials: the
+    same first problem as expanding the unchecked grid (one line)."""
+    from mixsweep.spec import SweepSpec
+
+    raw = {"name": "x", **sections}
+    with pytest.raises(SpecError) as checked:
+        parse_spec(raw)
+    with pytest.raises(SpecError) as expanded:
+        expand(SweepSpec.model_validate(raw))
+    assert checked.value.problems == expanded.value.problems
+    assert len(checked.value.problems) == 1
+
+
+def test_expanded_ids_match_the_config_and_survive_a_copy() -> None:
+    """expand sets each trial's id from its sections' identities once; it must equal the id
+    computed from the config, and a copy with another value gets its own id."""
+    trials = expand(spec(mixup={"mode": ["erm", "sup", "unsup"], "k": [2, 3]}, seeds=[0, 1]))
+    for t in trials:
+        assert t.trial_id == TrialConfig.model_validate(t.model_dump()).trial_id
+    other = trials[0].model_copy(update={"seed": 7})
+    assert other.trial_id != trials[0].trial_id
+    assert other.trial_id == TrialConfig.model_validate(other.model_dump()).trial_id
