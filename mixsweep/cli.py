@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import functools
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -14,43 +10,24 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from typer._click.exceptions import NoArgsIsHelpError  # typer >= 0.29 vendors click
-from typer._click.exceptions import UsageError as ClickUsageError
-from typer.core import TyperGroup
 
-from mixsweep.data import DataError
-from mixsweep.slurm import SlurmError
-from mixsweep.spec import LARGE_SWEEP, SpecError, keys_help
-from mixsweep.store import StoreError, SweepLocked
-
-
-@contextlib.contextmanager
-def _plain_usage_errors() -> Iterator[None]:
-    """A usage error (a bad option value, a missing argument, an unknown verb) as one plain
-    ``error:`` line with exit code 2, like every other bad input (not typer's framed box)."""
-    try:
-        yield
-    except NoArgsIsHelpError:
-        raise  # a bare verb: typer prints its help
-    except ClickUsageError as err:
-        where = f" (see: {err.ctx.command_path} --help)" if err.ctx is not None else ""
-        err_console.print(f"error: {' '.join(err.format_message().split())}{where}",
-                          markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-
-
-class _PlainErrors(TyperGroup):
-    def make_context(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        with _plain_usage_errors():
-            return super().make_context(*args, **kwargs)
-
-    def invoke(self, ctx):  # type: ignore[no-untyped-def]
-        with _plain_usage_errors():
-            return super().invoke(ctx)
-
+from mixsweep.cli_errors import (
+    PlainErrors,
+    UsageError,
+    err_console,
+    file_in_the_way,
+    user_errors,
+)
+from mixsweep.cli_errors import (
+    seconds_option as _seconds,
+)
+from mixsweep.names import DATASETS
+from mixsweep.plan import fmt as _fmt
+from mixsweep.plan import keys_help
+from mixsweep.spec import LARGE_SWEEP
 
 app = typer.Typer(
-    cls=_PlainErrors,
+    cls=PlainErrors,
     help="Run mixup sweeps on Ray Tune (+ SLURM) and measure per-layer linearity.\n\n"
     "Example: mixsweep launch sweeps/quickstart.yaml",
     no_args_is_help=True,
@@ -58,74 +35,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err_console = Console(stderr=True)
-
-
-class UsageError(RuntimeError):
-    """Bad input from the command line; reported as one line, exit 2."""
-
-
-USER_ERRORS: tuple[type[BaseException], ...] = (SpecError, DataError, UsageError, SlurmError,
-                                                 SweepLocked, StoreError)
-_AGAIN = "nothing finished is lost: {fix} and run the same command again"
-# the file system refused a write or read: errno -> what to do about it (one line, exit 2)
-_FS_ERRORS = {
-    errno.ENOSPC: "free space", errno.EDQUOT: "free space (or raise the quota)",
-    errno.EROFS: "choose a writable place", errno.EACCES: "fix the permissions",
-    errno.EPERM: "fix the permissions",
-    # a path of the wrong kind (a file where a folder is needed, or the reverse), or unusable
-    errno.ENOTDIR: "choose another path (or move that file away)",
-    errno.EEXIST: "choose another path (or move that file away)",
-    errno.EISDIR: "give a file name, not a folder",
-    errno.ENAMETOOLONG: "choose a shorter path",
-    errno.ELOOP: "fix the symbolic link (it loops)",
-}
-
-_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-def _file_in_the_way(path: Path) -> Path | None:
-    """The file that stands where ``path`` needs a folder (``path`` or one of its parents)."""
-    for p in (path, *path.parents):
-        if p.exists() or p.is_symlink():
-            return None if p.is_dir() else p
-    return None
-
-
-def _fs_error_line(err: OSError) -> str:
-    """One line for an OSError of _FS_ERRORS: the path, what is wrong, what to do."""
-    path = Path(err.filename) if err.filename else None
-    what = err.strerror or type(err).__name__
-    if path is not None and err.errno in (errno.ENOTDIR, errno.EEXIST):
-        blocker = _file_in_the_way(path)
-        if blocker is not None:
-            what = f"{blocker} is a file, not a folder"
-    elif path is not None and err.errno == errno.EISDIR:
-        what = "is a folder, not a file"
-    where = f"{path}: " if path is not None and not what.startswith(str(path)) else ""
-    # disk full, quota, read-only, permissions: the commands meet these when they write
-    verb = "cannot write " if err.errno in _WRITE_ERRORS else ""
-    return f"error: {verb}{where}{what}; " + _AGAIN.format(fix=_FS_ERRORS[err.errno])
-
-
-def user_errors(fn):
-    """Report bad input as one line per problem on stderr with exit code 2, no traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except USER_ERRORS as err:
-            for line in str(err).splitlines() or [type(err).__name__]:
-                err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except OSError as err:
-            if err.errno not in _FS_ERRORS:
-                raise
-            err_console.print(_fs_error_line(err), markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 @app.callback()
@@ -134,14 +43,6 @@ def _root() -> None:
 
     Example: mixsweep launch sweeps/quickstart.yaml
     """
-
-
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and v != v):  # None or NaN: not applicable / censored
-        return "—"
-    if isinstance(v, float):
-        return str(int(v)) if v.is_integer() and abs(v) < 1e6 else f"{v:.4g}"
-    return str(v)
 
 
 @app.command()
@@ -155,7 +56,7 @@ def trial(
 
     Example: mixsweep trial sweeps/trial_digits.yaml --out runs/debug
     """
-    from mixsweep.spec import load_trial
+    from mixsweep.spec_yaml import load_trial
     from mixsweep.trial import device_problem, run_trial
 
     _, cfg = load_trial(config)
@@ -165,7 +66,7 @@ def trial(
         where = "--device" if device is not None else f"{config}: train.device"
         raise UsageError(f"{where} {name!r}: {problem}")
     out = out or Path("runs") / "trials" / cfg.trial_id
-    blocker = _file_in_the_way(out)
+    blocker = file_in_the_way(out)
     if blocker is not None:
         where = f"--out {out}" + (f": {blocker}" if blocker != out else "")
         raise UsageError(f"{where} is a file, not a folder: give the trial's folder")
@@ -189,34 +90,6 @@ def trial(
     if res["status"] != "completed":
         err_console.print(f"trial failed: {res['reason']}", markup=False, soft_wrap=True)
         raise typer.Exit(1)
-
-
-PLAN_ROWS = 1000  # rows of the --dry-run trial table
-
-
-def _print_plan(spec, trials) -> None:
-    from mixsweep.spec import plan
-
-    info = plan(spec, trials)
-    varying = [k for k in info["axes"] if k != "seeds"]
-    table = Table(title=f"sweep {spec.name}: {len(trials)} trials")
-    table.add_column("trial_id", no_wrap=True, min_width=12)
-    for col in (*varying, "seed"):
-        table.add_column(col.split(".")[-1].replace("labeled_fraction", "fraction"), no_wrap=True)
-    for t in trials[:PLAN_ROWS]:
-        flat = t.flat()
-        table.add_row(t.trial_id, *(_fmt(flat[k]) for k in varying), str(t.seed))
-    console.print(table)
-    if len(trials) > PLAN_ROWS:  # a 100,000-row table takes minutes to print and to read
-        console.print(f"... and {len(trials) - PLAN_ROWS} more trials, not shown (the first "
-                      f"{PLAN_ROWS} are above; the counts below are for all {len(trials)})")
-    console.print(f"trials: {info['trials']}  by mode: {info['by_mode']}  epochs in all: {info['epochs_total']}")
-    console.print("axes: " + "; ".join(f"{k}={v}" for k, v in info["axes"].items()))
-    r = info["resources"]
-    console.print(f"resources per trial: {r['cpus_per_trial']} CPU, {r['gpus_per_trial']} GPU; "
-                  f"max concurrent: {r['max_concurrent'] or 'all that fit'}; max failures: {r['max_failures']}")
-    gh = info["gpu_hours_estimate"]
-    console.print("estimated GPU-hours: " + (f"{gh:.1f}" if gh is not None else "— (set train.epoch_seconds_hint)"))
 
 
 def _live_progress():
@@ -256,85 +129,39 @@ def launch(
 
     Example: mixsweep launch sweeps/quickstart.yaml
     """
-    import os
-
     from mixsweep import stop
 
     stop.install()  # a TERM from now on stops the sweep cleanly (exit 3), whenever it comes
-    from mixsweep.data.datasets import ensure_available
-    from mixsweep.spec import expand, load_spec
-    from mixsweep.store import SweepPaths
+    from mixsweep.launch import launch as run_launch
 
-    if wandb is not None and wandb not in ("offline", "online", "disabled"):
-        raise UsageError(f"--wandb must be offline, online or disabled (got {wandb!r})")
-    spec = load_spec(file)
-    trials = expand(spec)
-    to_slurm = spec.slurm is not None and not local
-    if len(trials) > LARGE_SWEEP and not (yes or dry_run):
-        raise UsageError(f"{file}: {len(trials)} trials is more than {LARGE_SWEEP}; check the grid "
-                         "with --dry-run, then pass --yes to run it")
-    from mixsweep import placement
+    def say(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    need = placement.Need.of(spec, trials)  # a trial no node can run would wait for ever
-    if to_slurm:
-        placement.check_slurm(need, spec.slurm.cpus_per_node, spec.slurm.gpus_per_node)
+    bar, update = _live_progress()
+    res = run_launch(file, dry_run=dry_run, local=local, max_concurrent=max_concurrent,
+                     wandb=wandb, ray_address=ray_address, yes=yes, expect_nodes=expect_nodes,
+                     join_timeout=join_timeout, say=say, progress=update, console=console,
+                     while_running=bar)
     if dry_run:
-        _print_plan(spec, trials)
-        if to_slurm:
+        from mixsweep.plan import print_plan
+
+        print_plan(res.spec, res.trials, console)
+        if res.to_slurm:
             from mixsweep.slurm import submit
 
-            submit(spec, file, dry_run=True, console=console)
+            submit(res.spec, file, dry_run=True, console=console)
         return
-    if ray_address is None and not to_slurm:  # a cluster's nodes: checked once launch joins it
-        placement.check_local(need)
-    for name, root, download in {(t.data.dataset, t.data.root, t.data.download) for t in trials}:
-        ensure_available(name, root, download, say=lambda msg: console.print(msg, markup=False))
-    if any(t.data.loader == "ffcv" for t in trials):  # fail before a GPU-hour is spent
-        from mixsweep.data.ffcv_loader import require_ffcv
+    if res.outcome is None:  # submitted to SLURM (submit printed the job)
+        return
+    from mixsweep.store import SweepPaths
 
-        require_ffcv()
-    paths = SweepPaths.of(spec.runs_dir, spec.name)
-    from mixsweep.slurm import require_no_active_job, submit
-
-    # a live job re-reads spec.yaml when requeued: check before rewriting it (its own driver may)
-    require_no_active_job(spec.name, paths.root, own_job=os.environ.get("SLURM_JOB_ID"))
-    # the sweep's lock before anything in its folder is written: a second launch of a running
-    # sweep (another file of the same name, say) is refused and leaves spec.yaml as it was
-    with paths.lock():
-        paths.write_spec(spec)
-        if to_slurm:
-            submit(spec, paths.spec, dry_run=False, console=console)
-            return
-        from mixsweep.tune import run_sweep
-
-        bar, update = _live_progress()
-        with bar:
-            outcome = run_sweep(spec, trials, ray_address=ray_address,
-                                max_concurrent=max_concurrent, wandb_mode=wandb,
-                                progress=update, expect_nodes=expect_nodes,
-                                join_timeout=join_timeout,
-                                say=lambda line: console.print(line, markup=False,
-                                                               highlight=False, soft_wrap=True))
-    console.print(f"sweep {spec.name}: {outcome.completed} completed, {outcome.failed} failed, "
-                  f"{outcome.unfinished} unfinished, {outcome.skipped} already done before this launch "
-                  f"({outcome.seconds:.0f} s); results: {paths.results}")
-    if not outcome.done:
+    o = res.outcome
+    console.print(f"sweep {res.spec.name}: {o.completed} completed, {o.failed} failed, "
+                  f"{o.unfinished} unfinished, {o.skipped} already done before this launch "
+                  f"({o.seconds:.0f} s); results: {SweepPaths(res.sweep_dir).results}")
+    if not o.done:
         err_console.print(f"sweep stopped before the end; resume with: mixsweep launch {file}")
         raise typer.Exit(3)
-
-
-def _seconds(option: str, most: float = 86400.0, zero: bool = True):
-    """A typer callback: a number of seconds, 0 (or, without ``zero``, more) to ``most``
-    (typer's min= lets nan and inf in)."""
-
-    def check(value: float | None) -> float | None:
-        if value is not None and not (0 <= value <= most and (zero or value > 0)):  # nan: False
-            least = "0" if zero else "more than 0"
-            raise typer.BadParameter(f"{value} is not a number of seconds from {least} to {most:g}",
-                                     param_hint=f"'{option}'")
-        return value
-
-    return check
 
 
 def _sweep_dir(name_or_dir: str, runs_dir: Path) -> Path:
@@ -573,7 +400,7 @@ def compare(
         err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
-data_app = typer.Typer(cls=_PlainErrors, help="Prepare datasets (e.g. FFCV .beton files).",
+data_app = typer.Typer(cls=PlainErrors, help="Prepare datasets (e.g. FFCV .beton files).",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -581,7 +408,7 @@ app.add_typer(data_app, name="data")
 @data_app.command("prepare")
 @user_errors
 def data_prepare(
-    dataset: Annotated[str, typer.Argument(help="cifar10 | cifar100 | svhn | digits | synthetic")],
+    dataset: Annotated[str, typer.Argument(help=" | ".join(DATASETS))],
     format: Annotated[str, typer.Option("--format", help="Output format (ffcv).")] = "ffcv",
     out: Annotated[Path | None, typer.Option(help="Folder for train.beton/test.beton "
                                              "(default: data.ffcv_dir's default).")] = None,

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODES = ("erm", "sup", "unsup", "both", "mt")
+from mixsweep.names import CONSISTENCY_MODES, MODES, SUPERVISED_MIXING_MODES
 
 
 def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -164,14 +164,14 @@ def mixup_losses(
     """
     if mode not in MODES:
         raise ValueError(f"unknown mixup mode {mode!r}; allowed: {', '.join(MODES)}")
-    if mode in ("sup", "both"):
+    if mode in SUPERVISED_MIXING_MODES:
         mix = mix_sup if mix_sup is not None else mix_draw(x.shape[0], k, alpha, generator)
         xm, ym = mix_apply(x, one_hot(y, num_classes, x.dtype), *mix)
         sup = soft_cross_entropy(student(xm), ym)
     else:
         sup = F.cross_entropy(student(x).float(), y)
     unsup = torch.zeros((), device=x.device)
-    if mode in ("unsup", "both", "mt"):
+    if mode in CONSISTENCY_MODES:
         if teacher is None or xu is None:
             raise ValueError(f"mode {mode!r} needs a teacher and an unlabeled batch")
         with torch.no_grad():

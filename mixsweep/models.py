@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from torch import nn
 
-ARCHS = ("cnn", "resnet18", "wrn28_2")
+from mixsweep.names import ARCHS
+
 _HEAD = {"logits": "output", "probs": "softmax"}
 
 

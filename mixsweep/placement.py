@@ -16,7 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mixsweep.spec import SpecError
+from mixsweep.spec_errors import SpecError
+from mixsweep.spec_slurm import SlurmConfig, node_problems
 
 
 class PlacementError(SpecError):
@@ -126,14 +127,9 @@ def check_cluster(need: Need, nodes: list[Mapping[str, Any]], where: str) -> Non
         raise PlacementError(msg)
 
 
-def check_slurm(need: Need, cpus_per_node: float, gpus_per_node: float) -> None:
-    """Raise PlacementError when one trial cannot fit on one node of the sweep's SLURM job."""
-    if fits(need, {"CPU": cpus_per_node, "GPU": gpus_per_node}):
-        return
-    wants = f"{_plural(need.cpus, 'CPU')} and {_plural(need.gpus, 'GPU')}"
-    if need.cuda and need.gpus == 0:
-        wants = f"{_plural(need.cpus, 'CPU')} and a GPU (train.device is cuda)"
-    raise PlacementError(
-        f"one trial needs {wants} but a node of the SLURM job has {_plural(cpus_per_node, 'CPU')} "
-        f"and {_plural(gpus_per_node, 'GPU')} (slurm.cpus_per_node, slurm.gpus_per_node): no trial "
-        "could start; raise those, or lower resources.cpus_per_trial / resources.gpus_per_trial")
+def check_slurm(need: Need, slurm: SlurmConfig) -> None:
+    """Raise PlacementError when one trial cannot run on one node of the sweep's SLURM job:
+    the sweep file's own rule (spec_slurm.node_problems), with the trials' train.device."""
+    problems = node_problems(slurm, need.cpus, need.gpus, need.cuda)
+    if problems:
+        raise PlacementError(problems[0])

@@ -38,7 +38,7 @@ import ray
 from ray._private import ray_constants
 
 from mixsweep import stop
-from mixsweep.spec import SpecError
+from mixsweep.spec_errors import SpecError
 
 PROBE_SECONDS = 5.0  # a GCS on a reachable host answers a TCP connect in milliseconds
 GCS_PROBE_MS = 5000  # one GCS client, as ray.init makes: at most ~15 s where nothing speaks gRPC

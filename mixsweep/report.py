@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from mixsweep.spec import MODES
+from mixsweep.names import MODES
 from mixsweep.store import StoreError, SweepPaths, atomic_write_text, read_metrics, read_sweep
 
 # Short names accepted by ``--by`` (any results.csv config column works too).

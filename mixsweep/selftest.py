@@ -199,7 +199,7 @@ def wandb_row(spec) -> Row:  # type: ignore[no-untyped-def]
 def _shaped(cfg) -> Any:  # type: ignore[no-untyped-def]
     """Random uint8 data of the dataset's real shape and size (what the memory loader holds)."""
     from mixsweep.data import ArrayDataset, load_dataset
-    from mixsweep.spec import NUM_CLASSES, TRAIN_SIZES
+    from mixsweep.names import NUM_CLASSES, TRAIN_SIZES
 
     name = cfg.data.dataset
     if name not in _SHAPES:
@@ -276,7 +276,8 @@ def _sweep(path: Path | None):  # type: ignore[no-untyped-def]
     """The sweep and its trials (SpecError: a bad file, reported by the CLI as one line)."""
     if path is None:
         return None, []
-    from mixsweep.spec import expand, load_spec
+    from mixsweep.expand import expand
+    from mixsweep.spec_yaml import load_spec
 
     spec = load_spec(path)
     return spec, expand(spec)

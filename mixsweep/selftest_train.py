@@ -39,7 +39,8 @@ import torch
 
 from mixsweep.data import ArrayDataset, load_dataset, make_loader
 from mixsweep.data.split import labeled_split
-from mixsweep.spec import CONSISTENCY_MODES, MODES, TrialConfig
+from mixsweep.names import CONSISTENCY_MODES, MODES
+from mixsweep.spec import TrialConfig
 from mixsweep.step import TrialFailed
 
 STEPS = 6  # steps per epoch of a mode's run; two epochs (the config's one epoch of 12 steps)

@@ -461,7 +461,9 @@ def read_sweep(sweep: SweepPaths) -> tuple[str, Any, list[str]]:
 
     import pandas as pd
 
-    from mixsweep.spec import SpecError, expand, load_spec
+    from mixsweep.expand import expand
+    from mixsweep.spec_errors import SpecError
+    from mixsweep.spec_yaml import load_spec
 
     notes: list[str] = []
     try:

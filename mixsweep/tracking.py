@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from mixsweep.names import WANDB_MODES as MODES
 from mixsweep.reach import reach
-
-MODES = ("offline", "online", "disabled")
 
 
 def _flatten_epoch(rec: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,8 @@ from mixsweep.data.split import labeled_split
 from mixsweep.linearity import layer_stats, probe_set
 from mixsweep.mixup import mixup_losses
 from mixsweep.models import build_model
-from mixsweep.spec import CONSISTENCY_MODES, TrialConfig
+from mixsweep.names import CONSISTENCY_MODES
+from mixsweep.spec import TrialConfig
 from mixsweep.step import TrainStep, TrialFailed
 from mixsweep.store import TrialPaths, atomic_torch_save, atomic_write_json, read_json, read_jsonl
 

@@ -173,7 +173,8 @@ def test_subprocess_no_traceback_and_nothing_executed(tmp_path: Path) -> None:
 
 
 def test_aliases_in_normal_use_still_load(tmp_path: Path) -> None:
-    from mixsweep.spec import expand, load_spec
+    from mixsweep.expand import expand
+    from mixsweep.spec_yaml import load_spec
 
     path = tmp_path / "reuse.yaml"
     path.write_text("train: {epochs: 1}\nmixup: {mode: sup, k: &ks [2, 3]}\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mixsweep.spec import load_spec
+from mixsweep.spec_yaml import load_spec
 from mixsweep.store import SweepPaths
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from mixsweep.spec import load_trial
+from mixsweep.spec_yaml import load_trial
 
 REPO = Path(__file__).resolve().parents[1]
 

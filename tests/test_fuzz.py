@@ -423,7 +423,8 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real, tiny finished sweep folder (2 trials, 1 epoch), written as launch writes it."""
     import torch
 
-    from mixsweep.spec import expand, parse_spec
+    from mixsweep.expand import expand
+    from mixsweep.spec import parse_spec
     from mixsweep.store import SweepPaths, atomic_write_text, collect_rows, write_results
     from mixsweep.trial import run_trial
 

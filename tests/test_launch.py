@@ -369,3 +369,34 @@ def test_launch_leaves_spec_of_active_job_alone(tmp_path, local):
     inside = subprocess.run([sys.executable, "-c", code, str(sweep)], env=env, capture_output=True,
                             text=True, timeout=60)
     assert inside.returncode == 0, inside.stderr
+
+
+def test_launch_function_dry_run_expands_once_and_writes_nothing(tmp_path, monkeypatch):
+    """The Python API: launch(...) is the CLI's function. A dry run returns the expanded
+    trials and writes nothing; the grid is expanded exactly once (parse_spec checks its
+    rules on the grid's points)."""
+    from mixsweep import expand as expand_mod
+    from mixsweep import launch as launch_mod
+
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    real = expand_mod.expand
+    monkeypatch.setattr(launch_mod, "expand", lambda spec: calls.append(1) or real(spec))
+    res = launch_mod.launch(write_sweep(tmp_path), dry_run=True)
+    assert calls == [1]
+    assert len(res.trials) == 4 and res.dry_run and res.outcome is None and res.done
+    assert res.sweep_dir is None and not (tmp_path / "runs").exists()
+    assert {t.mixup.mode for t in res.trials} == {"erm", "sup"}
+
+
+def test_launch_function_refuses_a_big_grid_without_yes(tmp_path):
+    from mixsweep.launch import LaunchError, launch
+    from mixsweep.spec_errors import SpecError
+
+    path = write_sweep(tmp_path, seeds=list(range(501)))  # 2 modes x 501 seeds
+    with pytest.raises(LaunchError, match="1002 trials is more than 1000") as err:
+        launch(path)
+    assert isinstance(err.value, SpecError)  # the CLI's user errors: one line, exit 2
+    assert launch(path, dry_run=True).trials[-1].seed == 500
+    with pytest.raises(LaunchError, match="--wandb must be offline, online or disabled"):
+        launch(path, wandb="sometimes", dry_run=True)

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from mixsweep import placement
 from mixsweep.cli import app
 from mixsweep.placement import Need, PlacementError, check_cluster, check_slurm, fits, problem
-from mixsweep.spec import SpecError
+from mixsweep.spec_errors import SpecError
+from mixsweep.spec_slurm import SlurmConfig
 
 CPU2 = {"CPU": 2.0, "GPU": 0.0, "memory": 1e9}
 GPU_NODE = {"CPU": 8.0, "GPU": 2.0}
@@ -70,13 +71,19 @@ def test_check_cluster_reads_alive_nodes_only() -> None:
 
 
 def test_check_slurm_names_the_slurm_keys() -> None:
-    check_slurm(Need(4, 0.25), 64, 8)
+    """One rule with the sweep file's (spec_slurm.node_problems): more CPUs than a node has is
+    the file's own line; train.device cuda on nodes without a GPU is launch's."""
+    check_slurm(Need(4, 0.25), SlurmConfig(cpus_per_node=64, gpus_per_node=8))
     with pytest.raises(PlacementError, match=r"slurm.cpus_per_node, slurm.gpus_per_node"):
-        check_slurm(Need(4, 0), 2, 0)
+        check_slurm(Need(4, 0, cuda=True), SlurmConfig(cpus_per_node=64, gpus_per_node=0))
+    with pytest.raises(PlacementError, match=r"resources.cpus_per_trial: 4 is more than "
+                                             r"slurm.cpus_per_node 2: no node can run a trial"):
+        check_slurm(Need(4, 0), SlurmConfig(cpus_per_node=2, gpus_per_node=0))
 
 
 def test_need_of_a_sweep(tmp_path: Path) -> None:
-    from mixsweep.spec import expand, load_spec
+    from mixsweep.expand import expand
+    from mixsweep.spec_yaml import load_spec
 
     spec = load_spec(write_sweep(tmp_path, resources={"cpus_per_trial": 2, "gpus_per_trial": 0.5}))
     assert Need.of(spec, expand(spec)) == Need(2, 0.5, cuda=False)

@@ -365,7 +365,8 @@ def test_corrupt_result_and_metrics_are_recomputed(trial_cfg, tmp_path: Path) ->
 
 
 def test_status_reads_garbage_trial_files(tmp_path: Path, trial_cfg) -> None:
-    from mixsweep.spec import expand, load_spec
+    from mixsweep.expand import expand
+    from mixsweep.spec_yaml import load_spec
     from mixsweep.store import collect_rows
 
     path = write_sweep(tmp_path, seeds=[0], mixup={"mode": "erm"}, runs_dir=str(tmp_path / "runs"))

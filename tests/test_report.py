@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mixsweep.expand import expand
 from mixsweep.report import ReportError, censored_median, load, spec_diff, write_report
-from mixsweep.spec import expand, load_yaml, parse_spec
+from mixsweep.spec import parse_spec
+from mixsweep.spec_yaml import load_yaml
 from mixsweep.store import SweepPaths, atomic_write_text, collect_rows, write_results
 from mixsweep.trial import run_trial
 

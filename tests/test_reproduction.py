@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mixsweep.expand import expand
 from mixsweep.models import build_model
 from mixsweep.report import load, write_report
 from mixsweep.report_tables import intermediate_layers, render_markdown, trial_frame
-from mixsweep.spec import expand, load_spec
+from mixsweep.spec_yaml import load_spec
 from mixsweep.store import SweepPaths, atomic_write_text, collect_rows, read_jsonl, write_results
 from mixsweep.trial import run_trial
 

@@ -20,7 +20,9 @@ from typer.testing import CliRunner
 
 from mixsweep import slurm, tune
 from mixsweep.cli import app
-from mixsweep.spec import expand, load_yaml, parse_spec
+from mixsweep.expand import expand
+from mixsweep.spec import parse_spec
+from mixsweep.spec_yaml import load_yaml
 from mixsweep.store import SweepPaths, atomic_write_json, collect_rows, write_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,7 +160,7 @@ def test_user_errors_names_every_wrong_kind_of_path(tmp_path: Path, capsys: pyte
 
     import typer
 
-    from mixsweep.cli import user_errors
+    from mixsweep.cli_errors import user_errors
 
     (tmp_path / "f").write_text("x")
     cases = [(errno.ENOTDIR, tmp_path / "f" / "a", f"error: {tmp_path / 'f' / 'a'}: {tmp_path / 'f'} is a file, not a folder"),

@@ -25,7 +25,8 @@ from typer.testing import CliRunner
 from mixsweep import cli
 from mixsweep import selftest as st
 from mixsweep import selftest_train as stt
-from mixsweep.spec import MODES, parse_spec
+from mixsweep.names import MODES
+from mixsweep.spec import parse_spec
 from mixsweep.step import TrainStep
 
 ALL_ROWS = [
@@ -244,7 +245,7 @@ def _spec(tmp_path: Path, **resources) -> object:
 
 def test_gpu_memory_fit_against_the_share(tmp_path, monkeypatch) -> None:
     """The arithmetic of the GPU-memory rows (the peak measurement itself needs a GPU)."""
-    from mixsweep.spec import expand
+    from mixsweep.expand import expand
 
     gib = 2**30
     props = SimpleNamespace(total_memory=80 * gib)
@@ -291,7 +292,7 @@ def test_wandb_row_per_mode(tmp_path, monkeypatch) -> None:
 
 def test_data_rows_never_download(tmp_path) -> None:
     """A dataset missing from the root fails (or, with data.download, is left to launch)."""
-    from mixsweep.spec import expand
+    from mixsweep.expand import expand
 
     for download, status in ((False, "fail"), (True, "skip")):
         spec = parse_spec({"name": "d", "data": {"dataset": "svhn", "root": str(tmp_path),

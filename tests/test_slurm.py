@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from mixsweep import slurm
-from mixsweep.spec import load_spec, parse_spec
+from mixsweep.spec import parse_spec
+from mixsweep.spec_yaml import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "slurm" / "example-4x8.sbatch"

@@ -8,7 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from mixsweep.spec import SpecError, TrialConfig, expand, load_spec, load_trial, parse_spec
+from mixsweep.expand import expand
+from mixsweep.spec import TrialConfig, parse_spec
+from mixsweep.spec_errors import SpecError
+from mixsweep.spec_yaml import load_spec, load_trial
 
 
 def spec(**sections: Any):
@@ -330,7 +333,7 @@ def test_label_count_target_and_hint_maps_are_checked(sections: dict, message: s
 
 
 def test_epoch_seconds_hint_per_mode_feeds_the_estimate() -> None:
-    from mixsweep.spec import plan
+    from mixsweep.plan import plan
 
     s = spec(mixup={"mode": ["erm", "unsup"]}, train={"epochs": 10, "epoch_seconds_hint": {"erm": 1.0, "unsup": 2.5}},
              resources={"gpus_per_trial": 1})
@@ -367,9 +370,10 @@ def _numeric_leaves(tp: Any) -> tuple[set[type], list[Any]]:
 
 def _sweep_sections() -> dict[str, Any]:
     from mixsweep import spec as s
+    from mixsweep.spec_slurm import SlurmConfig
 
     return {"data": s.SweepData, "model": s.SweepModel, "train": s.SweepTrain, "mixup": s.SweepMixup,
-            "linearity": s.SweepLinearity, "resources": s.ResourcesConfig, "slurm": s.SlurmConfig}
+            "linearity": s.SweepLinearity, "resources": s.ResourcesConfig, "slurm": SlurmConfig}
 
 
 def _number_cases() -> list[tuple[str, str, Any, str]]:
@@ -454,7 +458,7 @@ def test_plain_yaml_numbers_still_pass() -> None:
 
 @pytest.mark.parametrize("where", ["seeds", "data.split_seed", "linearity.seed"])
 def test_seeds_are_what_the_generators_take(where: str) -> None:
-    from mixsweep.spec import MAX_SEED
+    from mixsweep.spec_fields import MAX_SEED
 
     def raw(v: int) -> dict[str, Any]:
         if where == "seeds":
@@ -477,7 +481,7 @@ def test_the_largest_seed_runs_through_every_generator_that_takes_one() -> None:
     from mixsweep.data.loaders import epoch_generator
     from mixsweep.data.split import labeled_split
     from mixsweep.linearity import probe_set
-    from mixsweep.spec import MAX_SEED
+    from mixsweep.spec_fields import MAX_SEED
 
     torch.Generator().manual_seed(MAX_SEED)
     epoch_generator(MAX_SEED, 10_000, 5)  # (seed * 1_000_003 + epoch) * 7 + stream < 2**64
@@ -492,7 +496,7 @@ def test_dataset_size_table_matches_the_data_code() -> None:
     """digits and synthetic are computed here; the CIFAR and SVHN numbers are the official
     train splits' (see the comment at TRAIN_SIZES)."""
     from mixsweep.data.datasets import load_dataset, synthetic
-    from mixsweep.spec import NUM_CLASSES, TRAIN_SIZES
+    from mixsweep.names import NUM_CLASSES, TRAIN_SIZES
 
     for name, data in (("digits", load_dataset("digits")), ("synthetic", synthetic())):
         counts = [int((data.train_y == c).sum()) for c in range(NUM_CLASSES[name])]
@@ -690,3 +694,37 @@ def test_a_value_that_fits_no_branch_of_a_union_gets_one_line() -> None:
     assert line.startswith("train.target_accuracy: Input should be a valid number"), line
     (line,) = problems({"train": {"epoch_seconds_hint": True}})
     assert line.startswith("train.epoch_seconds_hint: Input should be a valid number, not true/false")
+
+
+@pytest.mark.parametrize("sections", [
+    {"data": {"dataset": ["cifar10", "digits"], "num_labels": {"cifar10": [250]}}},
+    {"train": {"batch_size": [64, 5000]}, "data": {"dataset": ["digits", "cifar10"]}},
+    {"mixup": {"mode": ["erm", "sup", "both"], "k": [2, None]}},
+    {"mixup": {"mode": ["unsup", "mt"], "rampup": [None]}},
+    {"train": {"epoch_seconds_hint": {"erm": 1.0}}, "mixup": {"mode": ["erm", "unsup"]}},
+    {"train": {"target_accuracy": {"cifar10": 0.8}}, "data": {"dataset": ["cifar10", "svhn"]}},
+    {"data": {"dataset": ["digits"], "labeled_fraction": [1.0, 0.5], "num_labels": [None, 100]}},
+])
+def test_parse_spec_finds_the_problem_expansion_would_meet_first(sections: dict) -> None:
+    """parse_spec checks the rules on the grid's points, without building the trials: the
+    same first problem as expanding the unchecked grid (one line)."""
+    from mixsweep.spec import SweepSpec
+
+    raw = {"name": "x", **sections}
+    with pytest.raises(SpecError) as checked:
+        parse_spec(raw)
+    with pytest.raises(SpecError) as expanded:
+        expand(SweepSpec.model_validate(raw))
+    assert checked.value.problems == expanded.value.problems
+    assert len(checked.value.problems) == 1
+
+
+def test_expanded_ids_match_the_config_and_survive_a_copy() -> None:
+    """expand sets each trial's id from its sections' identities once; it must equal the id
+    computed from the config, and a copy with another value gets its own id."""
+    trials = expand(spec(mixup={"mode": ["erm", "sup", "unsup"], "k": [2, 3]}, seeds=[0, 1]))
+    for t in trials:
+        assert t.trial_id == TrialConfig.model_validate(t.model_dump()).trial_id
+    other = trials[0].model_copy(update={"seed": 7})
+    assert other.trial_id != trials[0].trial_id
+    assert other.trial_id == TrialConfig.model_validate(other.model_dump()).trial_id

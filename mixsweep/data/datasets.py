@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mixsweep.data.errors import DataError
+from mixsweep.names import DATASETS
 
 if TYPE_CHECKING:  # torch is imported where a dataset is built: `launch --dry-run` never needs it
     import torch
@@ -262,7 +263,7 @@ def load_dataset(
             _fetch(name, path)
         return _read_svhn(path) if name == "svhn" else _read_cifar(name, path)
     raise DataError(
-        f"unknown dataset {name!r}; allowed: cifar10, cifar100, svhn, digits, synthetic"
+        f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}"
     )
 
 

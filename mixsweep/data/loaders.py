@@ -22,6 +22,7 @@ import torch
 
 from mixsweep.data.datasets import ArrayDataset
 from mixsweep.data.split import Split
+from mixsweep.names import LOADERS
 
 
 @dataclass(frozen=True)
@@ -240,4 +241,4 @@ def make_loader(
         if ffcv_dir is None:
             raise ValueError("loader 'ffcv' needs ffcv_dir (data.ffcv_dir)")
         return FfcvLoader(data, split, batch_size, device, ffcv_dir=ffcv_dir, **kw)
-    raise ValueError(f"unknown loader {kind!r}; allowed: memory, torch, ffcv")
+    raise ValueError(f"unknown loader {kind!r}; allowed: {', '.join(LOADERS)}")
