@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mixsweep.report import ReportError, censored_median, load, spec_diff, write_report
+from mixsweep.report import ReportError, write_report
+from mixsweep.report_data import censored_median, load, spec_diff
 from mixsweep.spec import expand, load_yaml, parse_spec
 from mixsweep.store import SweepPaths, atomic_write_text, collect_rows, write_results
 from mixsweep.trial import run_trial
@@ -159,7 +160,7 @@ def test_censored_median():
 def test_layers_in_network_order_and_table(sweeps):
     data = load([sweeps[0]])
     assert data.layers == ["stem_pre", "stem", "block1", "block2", "block3", "pool", "logits", "probs"]
-    from mixsweep.report import cell_table
+    from mixsweep.report_data import cell_table
 
     table = cell_table(data)
     assert len(table) == 6 and table["n seeds"].eq(1).all()
