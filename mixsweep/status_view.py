@@ -47,7 +47,7 @@ def cell_rows(rows: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
     if "reached_target" not in fin:
         fin["reached_target"] = None
     axes = [c for c, _ in CELL_AXES]
-    varying = [c for c in axes if fin[c].astype(str).nunique() > 1] or axes[:1]
+    varying = [c for c in axes if fin[c].map(fmt_cfg).nunique() > 1] or axes[:1]  # NaN is a value
     out: list[dict[str, Any]] = []
     for key, g in fin.groupby(axes, dropna=False, sort=False):
         _, ett, hit, n = reach(g)
