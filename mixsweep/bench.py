@@ -36,7 +36,7 @@ from mixsweep.linearity import layer_stats
 from mixsweep.models import build_model
 from mixsweep.spec import LinearityConfig
 
-PARTS = ("loader", "trainer", "nonlinearity", "scheduler", "gpu")
+PARTS = ("loader", "trainer", "nonlinearity", "scheduler", "gpu", "store")
 CIFAR_EPOCH = 50_000  # images in a CIFAR-10 training epoch (extrapolation target)
 Log = Callable[[str], None]
 
@@ -268,6 +268,10 @@ def run_bench(quick: bool = False, parts: list[str] | None = None, log: Log = pr
             res["gpu"] = gpu_bench(quick, log, torch.device("cpu"))
         else:
             res["gpu"] = {"skipped": "no CUDA device visible (--quick runs a CPU smoke of this part)"}
+    if "store" in parts:
+        from mixsweep.bench_store import store_bench
+
+        res["store"] = store_bench(quick, log)
     res["bench_seconds"] = round(time.perf_counter() - t0, 1)
     return res
 

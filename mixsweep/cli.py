@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from mixsweep.cli_errors import (
     PlainErrors,
@@ -183,43 +182,6 @@ def _sweep_dir(name_or_dir: str, runs_dir: Path) -> Path:
     return sweep.root
 
 
-def status_table(root: Path):
-    """Counts per status and the best cells (mean final accuracy over seeds), then a
-    ``note:`` line for each thing in the sweep folder that could not be read."""
-    import pandas as pd
-    from rich.console import Group
-
-    from mixsweep.store import STATUS_ORDER, SweepPaths, read_sweep
-
-    name, rows, notes = read_sweep(SweepPaths(root))
-    counts = {s: int((rows["status"] == s).sum()) for s in STATUS_ORDER}
-    other = len(rows) - sum(counts.values())  # statuses of another version's results.csv
-    title = ", ".join([f"{v} {k}" for k, v in counts.items() if v] + ([f"{other} other"] if other else []))
-    table = Table(title=f"{name}: {title} / {len(rows)} trials")
-    for col in ("dataset", "fraction", "arch", "mode", "k", "alpha", "seeds", "acc (mean)",
-                "epochs→target (median)", "reached"):
-        table.add_column(col)
-    cells = ["data.dataset", "data.labeled_fraction", "model.arch", "mixup.mode", "mixup.k", "mixup.alpha"]
-    done = rows[rows["status"] == "completed"].copy()
-    for col in (*cells, "trial_id", "final_acc", "epochs_to_target", "reached_target"):
-        if col not in done:  # a results.csv of another version
-            done[col] = None
-    done["final_acc"] = pd.to_numeric(done["final_acc"], errors="coerce")
-    done["epochs_to_target"] = pd.to_numeric(done["epochs_to_target"], errors="coerce")
-    if len(done):
-        g = done.groupby(cells, dropna=False)
-        # median over the trials that reached the target; "reached" shows how many did (censoring)
-        best = g.agg(n=("trial_id", "size"), acc=("final_acc", "mean"),
-                     ett=("epochs_to_target", "median"),
-                     hit=("reached_target", lambda s: int((s == True).sum()))  # noqa: E712
-                     ).sort_values("acc", ascending=False).head(10)
-        for key, r in best.iterrows():
-            table.add_row(*(_fmt(v) for v in key), str(int(r["n"])),
-                          f"{r['acc']:.4f}" if pd.notna(r["acc"]) else "—",
-                          _fmt(r["ett"]), f"{int(r['hit'])}/{int(r['n'])}")
-    return Group(table, *(Text(f"note: {n}") for n in notes))
-
-
 @app.command()
 @user_errors
 def status(
@@ -231,49 +193,9 @@ def status(
 
     Example: mixsweep status quickstart --watch 10
     """
-    import time
+    from mixsweep.status_view import show
 
-    from rich.live import Live
-
-    root = _sweep_dir(name, runs_dir)
-
-    def view():
-        return _with_slurm(root, status_table(root))
-
-    if not watch:
-        console.print(view())
-        return
-    with Live(view(), console=console, refresh_per_second=1) as live:
-        try:
-            while True:
-                time.sleep(watch)
-                live.update(view())
-        except KeyboardInterrupt:
-            pass
-
-
-def _with_slurm(root: Path, table):
-    """The status table, under a line with the sweep's SLURM job state (if it has a job)."""
-    from rich.console import Group
-
-    from mixsweep.slurm import job_state
-
-    info = job_state(root)
-    if info is None:
-        return table
-    if info.get("error"):  # the job id or SLURM could not be read: say why, show the rest
-        which = f" {info['job_id']}" if info["job_id"] != "?" else ""
-        return Group(Text(f"SLURM job{which}: state unknown: {info['error']}"), table)
-    line = f"SLURM job {info['job_id']}: {info['state']}"
-    if info["reason"] and info["reason"] != "None":
-        line += f" ({info['reason']})"
-    if info["nodes"]:
-        line += f" on {info['nodes']}"
-    if info["restarts"]:
-        line += f", requeued {info['restarts']}x"
-    if info["run_time"]:
-        line += f", run time {info['run_time']}" + (f" of {info['time_limit']}" if info["time_limit"] else "")
-    return Group(Text(line), Text(f"log: {info['log']}"), table)
+    show(_sweep_dir(name, runs_dir), console, watch)
 
 
 @app.command()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from mixsweep.contrast import ACC, ALPHA, ETT, Contrast, ContrastError, contrast_table
-from mixsweep.report import ReportError, _fmt_cfg, load
+from mixsweep.report_data import ReportError, fmt_cfg, load
 from mixsweep.store import atomic_write_text
 
 _SHOWN = ["layer", "n", "pairing", "mean A", "mean B", "diff", "CI low", "CI high", "verdict",
@@ -76,7 +76,7 @@ def _write_html(path: Path, figs: dict, title: str) -> None:
 
 
 def _not_finished(data, c: Contrast) -> list[str]:
-    res = data.results[data.results[c.axis].map(_fmt_cfg).isin([c.a, c.b])]
+    res = data.results[data.results[c.axis].map(fmt_cfg).isin([c.a, c.b])]
     left = res[~res["status"].isin(["completed", "failed"])]
     if left.empty:
         return []

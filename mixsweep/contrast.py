@@ -37,14 +37,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mixsweep.report import (
+from mixsweep.report_data import (
     ReportData,
     ReportError,
-    _fmt_cfg,
-    _truthy,
     axis_label,
     config_axes,
+    fmt_cfg,
     resolve_axis,
+    truthy,
 )
 from mixsweep.report_tables import SANITY_LAYERS, early_epoch, trial_frame
 
@@ -82,7 +82,7 @@ def parse_contrast(text: str, results: pd.DataFrame) -> Contrast:
         raise ContrastError(str(err)) from None
     if col == "seed":
         raise ContrastError("--contrast seed: seeds are the replicates, not an axis to contrast")
-    seen = {_fmt_cfg(v) for v in results[col]}
+    seen = {fmt_cfg(v) for v in results[col]}
     lower = {s.lower(): s for s in seen}
     picked = []
     for v in (a.strip(), b.strip()):
@@ -140,7 +140,7 @@ def trial_values(data: ReportData, epoch: int | None) -> pd.DataFrame:
     failed_mask = frame["status"].eq("failed")
     budget = pd.to_numeric(frame.get("train.epochs"), errors="coerce")
     ett = pd.to_numeric(frame["epochs_to_target"], errors="coerce")
-    reached = frame["reached_target"].map(_truthy) & ett.notna() & ~failed_mask
+    reached = frame["reached_target"].map(truthy) & ett.notna() & ~failed_mask
     frame["censored"] = ~reached
     frame["ett"] = ett.where(reached, budget + 1)
     frame["final_acc"] = pd.to_numeric(frame["final_acc"], errors="coerce").where(~failed_mask)
@@ -151,13 +151,13 @@ def trial_values(data: ReportData, epoch: int | None) -> pd.DataFrame:
 
 
 def _missing(v: Any) -> bool:
-    return _fmt_cfg(v) == "—"
+    return fmt_cfg(v) == "—"
 
 
 def cells(frame: pd.DataFrame, c: Contrast) -> list[tuple[dict[str, str], pd.DataFrame, pd.DataFrame]]:
     """(cell label, A rows, B rows) per cell of the other axes. An axis an arm ignores (all
     missing in it, e.g. ``mixup.k`` of erm) matches every value of the other arm."""
-    arm_a, arm_b = (frame[frame[c.axis].map(_fmt_cfg) == v] for v in (c.a, c.b))
+    arm_a, arm_b = (frame[frame[c.axis].map(fmt_cfg) == v] for v in (c.a, c.b))
     both = pd.concat([arm_a, arm_b])
     axes = [x for x in config_axes(both) if x != c.axis]
     if "sweep" in axes and not set(arm_a["sweep"]) & set(arm_b["sweep"]):
@@ -181,7 +181,7 @@ def _groups(arm: pd.DataFrame, keys: list[str]):
     if not keys:
         yield (), arm
         return
-    labels = [arm[k].map(_fmt_cfg).rename(k) for k in keys]
+    labels = [arm[k].map(fmt_cfg).rename(k) for k in keys]
     for key, g in arm.groupby(labels, sort=False):
         yield (key if isinstance(key, tuple) else (key,)), g
 

@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mixsweep.report import ReportData, ReportError, _truthy, axis_label, censored_median
+from mixsweep.report_data import ReportData, ReportError, axis_label, censored_median, truthy
 
 # Okabe-Ito (colour-blind safe); the same mode has the same colour in every figure.
 MODE_COLORS = {"erm": "#000000", "sup": "#0072B2", "unsup": "#D55E00", "both": "#CC79A7",
@@ -139,7 +139,7 @@ def fig_profile(data: ReportData, which: str = "final") -> go.Figure:
     prefix = {"final": "nl.", "target": "nl_target."}[which]
     done = data.done
     if which == "target":
-        done = done[[_truthy(v) for v in done["reached_target"]]]
+        done = done[[truthy(v) for v in done["reached_target"]]]
     cols_nl = [f"{prefix}{layer}" for layer in data.layers if f"{prefix}{layer}" in done]
     long = done.melt(id_vars=[c for c in ("sweep", "trial_id", "mixup.mode", "data.dataset", data.by)
                               if c and c in done],
@@ -244,7 +244,7 @@ def fig_ett(data: ReportData, axis: str) -> go.Figure:
             for cat, gc in g.groupby("cat", sort=False):
                 here = [m for m in modes if m in present[cat]]  # offsets among modes in this category
                 x0 = cats.index(cat) + (here.index(mode) - (len(here) - 1) / 2) * width
-                reached = np.array([_truthy(v) for v in gc["reached_target"]])
+                reached = np.array([truthy(v) for v in gc["reached_target"]])
                 ys = gc.loc[reached, "epochs_to_target"].astype(float).to_numpy()
                 ties = pd.Series(ys).groupby(ys).cumcount().to_numpy() if len(ys) else ys
                 counts = pd.Series(ys).map(pd.Series(ys).value_counts()).to_numpy() if len(ys) else ys

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from mixsweep.report import ReportData, _fmt_cfg, _truthy, axis_label, censored_median, config_axes
+from mixsweep.report_data import ReportData, axis_label, config_axes, fmt_cfg, reach
 
 OUTPUT_LAYERS = ("logits", "probs")
 SANITY_LAYERS = ("stem_pre",)
@@ -45,10 +45,10 @@ def early_epoch(data: ReportData) -> int | None:
 
 
 def trial_frame(data: ReportData, epoch: int | None) -> pd.DataFrame:
-    """One row per completed trial: NL per layer at the end (``end.L``), at ``epoch``
-    (``early.L``) and at matched accuracy (``target.L``), plus the mean over the
+    """One row per finished trial (completed or failed; see ``status``): NL per layer at
+    the end (``end.L``), at ``epoch`` (``early.L``) and at matched accuracy (``target.L``), plus the mean over the
     intermediate layers of each (``end.mid`` ...)."""
-    done = data.done.copy()
+    done = data.finished.copy()
     mid = intermediate_layers(data.layers)
     early = data.nl[data.nl["epoch"] == epoch] if epoch is not None else data.nl.iloc[0:0]
     early = early.pivot_table(index=["sweep", "trial_id"], columns="layer", values="nl")
@@ -79,7 +79,7 @@ def _cells(done: pd.DataFrame, data: ReportData):
     groups.sort(key=order)
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
-        yield {axis_label(k): _fmt_cfg(v) for k, v in zip(keys, key, strict=True)}, g
+        yield {axis_label(k): fmt_cfg(v) for k, v in zip(keys, key, strict=True)}, g
 
 
 def _sortable(v: Any) -> tuple:
@@ -103,18 +103,20 @@ def _markdown(rows: list[dict[str, Any]], columns: list[str] | None = None) -> s
 
 
 def summary_rows(data: ReportData, frame: pd.DataFrame, epoch: int | None) -> list[dict[str, Any]]:
-    """Per cell of ``frame`` (``trial_frame``): accuracy, epochs to target, and NL
-    (intermediate mean, logits, probs)."""
+    """Per cell of ``frame`` (``trial_frame``): accuracy, epochs to target (failed trials
+    counted), the failed trials, and NL (intermediate mean, logits, probs)."""
     rows = []
     for cell, g in _cells(frame, data):
-        _, med = censored_median(g["epochs_to_target"], g["reached_target"])
-        reached = sum(_truthy(r) for r in g["reached_target"])
+        _, med, reached, n = reach(g)  # completed and failed
+        failed = int((g["status"] == "failed").sum())
+        g = g[g["status"] == "completed"]
         rows.append({
             **cell,
             "n": len(g),
             "final acc": mean_sd(g["final_acc"]),
             "epochs to target (median)": med,
-            "reached": f"{reached}/{len(g)}",
+            "reached": f"{reached}/{n}",
+            "failed": failed,
             "NL mid, end": mean_sd(g["end.mid"]),
             f"NL mid, epoch {epoch}": mean_sd(g["early.mid"]),
             "NL mid, at target": mean_sd(g["target.mid"]),
@@ -130,6 +132,7 @@ def layer_rows(data: ReportData, frame: pd.DataFrame, when: str) -> list[dict[st
     ``when`` (end/early/target)."""
     rows = []
     for cell, g in _cells(frame, data):
+        g = g[g["status"] == "completed"]  # a cell of failed trials only: n = 0, said so
         n = int(g[[f"{when}.{x}" for x in data.layers]].notna().any(axis=1).sum())
         row = {**cell, "n": n}
         for layer in data.layers:
@@ -147,13 +150,14 @@ def render_markdown(data: ReportData, epoch: int | None = None) -> str:
     parts = [
         f"# Tables: {', '.join(data.sweeps)}\n",
         "Written by `mixsweep report --markdown`. Mean ± sd over the completed trials of each cell "
-        f"(seeds pooled; n trials). NL = per-layer nonlinearity (0 = affine, lower = more linear). "
+        "(seeds pooled; n trials); failed = the cell's trials that failed (a non-finite loss). "
+        "NL = per-layer nonlinearity (0 = affine, lower = more linear). "
         f"\"NL mid\" = each trial's mean NL over its intermediate layers ({mid}), then mean ± sd "
         f"over trials; logits and probs (softmax) are the output and are given apart. \"end\" = the "
         f"last measured epoch, \"epoch {epoch}\" = a fixed early epoch, \"at target\" = the first "
         "epoch at the target accuracy (trials that never reached it are left out). Epochs to "
-        "target: median counting never-reached (censored) trials as later than every observed "
-        "epoch.\n",
+        "target: median over completed and failed trials, counting never-reached (censored) trials "
+        "as later than every observed epoch.\n",
         "## Summary per cell\n",
         _markdown(summary_rows(data, frame, epoch)),
     ]

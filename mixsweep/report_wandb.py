@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mixsweep.report import ReportData, spec_diff
+from mixsweep.report_data import ReportData, spec_diff
 from mixsweep.store import atomic_write_text
 
 

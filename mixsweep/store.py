@@ -346,30 +346,43 @@ def result_row(trial_id: str, config: dict[str, Any], result: dict[str, Any] | N
     return row
 
 
-def collect_rows(sweep: SweepPaths, trials: Iterable[Any]) -> list[dict[str, Any]]:
+def collect_rows(sweep: SweepPaths, trials: Iterable[Any],
+                 histories: dict[str, tuple[list[dict[str, Any]], str | None]] | None = None,
+                 *, curves: bool = True) -> list[dict[str, Any]]:
     """Rows for the given TrialConfigs (every expanded trial exactly once), from their folders.
 
     A result.json that is there but is not the trial's valid record (garbage, wrong types,
     another trial's) makes the row ``unreadable``, its reason saying why; a relaunch runs
-    such a trial again from its checkpoint."""
+    such a trial again from its checkpoint. ``histories``, when given, receives each
+    trial's (epoch records, why reading stopped) as read. ``curves=False`` (status) skips
+    metrics.jsonl where result.json is valid: ``epochs_done`` then comes from it."""
     rows = []
     for cfg in trials:
-        tp = sweep.trial(cfg.trial_id)
-        result, why = tp.read_result_checked(cfg.trial_id)
+        tid = cfg.trial_id  # a hash of the config: computed once
+        tp = sweep.trial(tid)
+        result, why = tp.read_result_checked(tid)
+        if result and not curves and histories is None:
+            done = result.get("epochs_done")
+            epochs = done if isinstance(done, int) else 0
+            rows.append(result_row(tid, cfg.flat(), result, epochs, result["status"]))
+            continue
         history, metrics_why = read_metrics(tp.metrics)
+        if histories is not None:
+            histories[tid] = (history, metrics_why)
         epochs = history[-1]["epoch"] if history else 0
-        error, error_why = read_json_checked(tp.error)
         if result:
             status = result["status"]
         elif why or metrics_why:
             status, result = "unreadable", {"reason": why or metrics_why}
-        elif error is not None or error_why:  # crashed past max_failures in Ray; re-runs on relaunch
-            text = error.get("error") if isinstance(error, dict) else None
-            text = text if isinstance(text, str) else error_why or "error.json holds no error text"
-            status, result = "error", {"reason": text}
         else:
-            status = "running" if history else "pending"
-        rows.append(result_row(cfg.trial_id, cfg.flat(), result, epochs, status))
+            error, error_why = read_json_checked(tp.error)
+            if error is not None or error_why:  # crashed past max_failures in Ray; re-runs on relaunch
+                text = error.get("error") if isinstance(error, dict) else None
+                text = text if isinstance(text, str) else error_why or "error.json holds no error text"
+                status, result = "error", {"reason": text}
+            else:
+                status = "running" if history else "pending"
+        rows.append(result_row(tid, cfg.flat(), result, epochs, status))
     return rows
 
 
@@ -447,7 +460,9 @@ def _unreadable_notes(rows: list[dict[str, Any]], spec_file: Path) -> list[str]:
     return notes
 
 
-def read_sweep(sweep: SweepPaths) -> tuple[str, Any, list[str]]:
+def read_sweep(sweep: SweepPaths,
+               histories: dict[str, tuple[list[dict[str, Any]], str | None]] | None = None,
+               *, curves: bool = True) -> tuple[str, Any, list[str]]:
     """(sweep name, the results table as it stands now, notes on what could not be read).
 
     The table is rebuilt from the trial folders (the source of truth): results.csv is
@@ -455,7 +470,8 @@ def read_sweep(sweep: SweepPaths) -> tuple[str, Any, list[str]]:
     it behind its trials. Trials whose files cannot be read are rows with status
     ``unreadable``. When spec.yaml cannot be read as a sweep (another version's store,
     garbage), results.csv is read as written. Same dtypes as read_results (CSV round trip).
-    Raises StoreError when neither can be read.
+    Raises StoreError when neither can be read. ``histories`` and ``curves``: as for
+    ``collect_rows``.
     """
     import io
 
@@ -473,13 +489,13 @@ def read_sweep(sweep: SweepPaths) -> tuple[str, Any, list[str]]:
         first = (str(err).splitlines() or ["?"])[0]
         frame = _csv_as_written(sweep, notes, first.replace(f"{sweep.spec}: ", ""))
         return sweep.root.name, frame, notes
-    rows = collect_rows(sweep, trials)
+    rows = collect_rows(sweep, trials, histories, curves=curves)
     notes += _unreadable_notes(rows, sweep.spec)
     if spec.name != sweep.root.name:
         notes.append(f"spec.yaml is sweep {spec.name!r}, in folder {sweep.root.name!r} "
                      "(a moved folder, or another sweep's spec.yaml)")
     if sweep.trials.is_dir():
-        ids = {t.trial_id for t in trials}
+        ids = {r["trial_id"] for r in rows}
         others = [p.name for p in sweep.trials.iterdir() if p.name not in ids and not p.name.startswith(".")]
         if others:
             notes.append(f"{len(others)} trial folder{'s' if len(others) > 1 else ''} under "

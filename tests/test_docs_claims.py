@@ -29,7 +29,7 @@ def _censored_median():
     try:
         from mixsweep.report_data import censored_median  # type: ignore[import-not-found]
     except ImportError:
-        from mixsweep.report import censored_median
+        from mixsweep.report_data import censored_median
     return censored_median
 
 

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from mixsweep.expand import expand
-from mixsweep.report import ReportError, censored_median, load, spec_diff, write_report
+from mixsweep.report import ReportError, write_report
+from mixsweep.report_data import censored_median, load, spec_diff
 from mixsweep.spec import parse_spec
 from mixsweep.spec_yaml import load_yaml
 from mixsweep.store import SweepPaths, atomic_write_text, collect_rows, write_results
@@ -161,7 +162,7 @@ def test_censored_median():
 def test_layers_in_network_order_and_table(sweeps):
     data = load([sweeps[0]])
     assert data.layers == ["stem_pre", "stem", "block1", "block2", "block3", "pool", "logits", "probs"]
-    from mixsweep.report import cell_table
+    from mixsweep.report_data import cell_table
 
     table = cell_table(data)
     assert len(table) == 6 and table["n seeds"].eq(1).all()
@@ -223,3 +224,58 @@ def test_cli_report_and_bad_input(sweeps, tmp_path):
     assert r.exit_code == 2 and "--by 'colour'" in r.output
     with pytest.raises(ReportError, match="given twice"):
         load([sweeps[0], sweeps[0]])
+
+
+def test_failed_trials_are_counted_not_dropped(sweeps, tmp_path):
+    """A diverged trial (status failed) stays in its cell: counted as failed, and as censored
+    for epochs to target, in the HTML cells table and the Markdown summary."""
+    from mixsweep.report_data import cell_table
+    from mixsweep.report_tables import render_markdown
+
+    run = Path(shutil.copytree(sweeps[0], tmp_path / sweeps[0].name))
+    sp = SweepPaths(run)
+    data = load([run])
+    victim = data.done[data.done["mixup.mode"] == "sup"].iloc[0]["trial_id"]
+    res = json.loads(sp.trial(victim).result.read_text())
+    res.update(status="failed", reason="non-finite loss at epoch 2", reached_target=False,
+               epochs_to_target=None)
+    atomic_write_text(sp.trial(victim).result, json.dumps(res))
+    data = load([run])
+    table = cell_table(data)
+    assert len(table) == 6  # the failed trial's cell is still there
+    cell = table[table["failed"] > 0]
+    assert len(cell) == 1 and cell.iloc[0]["mode"] == "sup"
+    assert (cell.iloc[0]["reached target"], cell.iloc[0]["median epochs to target"],
+            cell.iloc[0]["final acc"], cell.iloc[0]["n seeds"]) == ("0/1", "not reached", "—", 0)
+    md = render_markdown(data)
+    summary = md.split("## Summary per cell")[1].split("\n## ")[0]
+    head = [c.strip() for c in summary.strip().splitlines()[0].strip("|").split("|")]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in summary.strip().splitlines()[2:]]
+    assert "failed" in head and len(rows) == 6
+    failed = [r for r in rows if r[head.index("failed")] == "1"]
+    assert len(failed) == 1 and failed[0][head.index("reached")] == "0/1"
+
+
+def test_load_results_three_frames(sweeps):
+    """The notebook reader: one row per trial, per trial and epoch, per trial, epoch and layer,
+    matching what the trial files hold."""
+    from mixsweep.results import load_results
+
+    r = load_results(sweeps[0])
+    assert r.name == "quickstart" and len(r.trials) == 6 and set(r.trials["status"]) == {"completed"}
+    assert {"trial_id", "status", "mixup.mode", "seed", "final_acc", "epochs_to_target", "nl.block1"} <= set(r.trials)
+    assert list(r.epochs.columns[:2]) == ["trial_id", "epoch"] and "test_acc" in r.epochs
+    assert list(r.layers.columns) == ["trial_id", "epoch", "layer", "nl", "cos"]
+    tid = r.trials["trial_id"].iloc[0]
+    lines = [json.loads(x) for x in (sweeps[0] / "trials" / tid / "metrics.jsonl").read_text().splitlines()]
+    mine = r.epochs[r.epochs["trial_id"] == tid]
+    assert list(mine["epoch"]) == [x["epoch"] for x in lines]
+    assert list(mine["test_acc"]) == pytest.approx([x["test_acc"] for x in lines])
+    last = lines[-1]
+    got = r.layers[(r.layers["trial_id"] == tid) & (r.layers["epoch"] == last["epoch"])].set_index("layer")
+    assert got["nl"].to_dict() == pytest.approx(last["nl"]) and got["cos"].to_dict() == pytest.approx(last["cos"])
+    assert len(r.layers) == sum(len(x.get("nl") or {}) for t in r.trials["trial_id"]
+                                for x in map(json.loads, (sweeps[0] / "trials" / t / "metrics.jsonl").read_text().splitlines()))
+    # ready for groupby: per mode and layer, a mean NL
+    means = r.layers.merge(r.trials[["trial_id", "mixup.mode"]]).groupby(["mixup.mode", "layer"])["nl"].mean()
+    assert means.notna().all() and len(means) == 3 * 8
