@@ -133,7 +133,7 @@ def test_completed_result_is_returned_without_rerunning(
     def boom(*_a, **_k):
         raise AssertionError("a completed trial was run again")
 
-    monkeypatch.setattr(trial_mod, "_Run", boom)
+    monkeypatch.setattr(trial_mod, "Engine", boom)
     again = run_trial(cfg, tmp_path / "t")
     assert again == json.loads(json.dumps(first))
     # another trial in that folder is not mistaken for the completed one
@@ -162,7 +162,7 @@ def test_kill_between_finishing_w_and_b_and_result_json_finishes_again(
     def no_training(*_a, **_k):
         raise AssertionError("an epoch was trained again")
 
-    monkeypatch.setattr(trial_mod._Run, "train_epoch", no_training)
+    monkeypatch.setattr(trial_mod.Engine, "train_epoch", no_training)
     finished: list[dict[str, Any]] = []
     res = run_trial(cfg, tmp_path / "t", lambda r: seen.append(r["epoch"]),
                     on_result=finished.append)
