@@ -4,10 +4,11 @@ Each part measures its alternatives in one run and prints them side by side
 with their ratio (benchmarks, not timed tests). Data is CIFAR-shaped and
 synthetic (3x32x32 uint8, 10 classes, pad 4, flips), so a fresh clone needs
 no download. Trainer and nonlinearity timings on CPU train a few steps of the trial's
-own step (``engine``: ``trial._Run`` + ``step.TrainStep``) and extrapolate
+own step (``bench_common.engine``: ``engine.Engine`` + ``step.TrainStep``) and extrapolate
 per image to a 50k-image CIFAR epoch (the method is in the output). The GPU
 part (``bench_gpu.py``) runs where CUDA is present; with ``--quick`` and no
-CUDA it runs the same code on the CPU as a smoke test.
+CUDA it runs the same code on the CPU as a smoke test. What the parts share
+(data, timing sync, the engine builder) is ``bench_common.py``.
 
 Ray is imported only inside ``scheduler()`` (a measurement of Ray Tune
 itself); the sweep integration is ``tune.py``.
@@ -16,29 +17,25 @@ itself); the sweep integration is ``tune.py``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import os
-import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from mixsweep.data.datasets import ArrayDataset, synthetic
+from mixsweep.bench_common import CIFAR_EPOCH, Log, cifar_like, engine, machine, sync
+from mixsweep.bench_gpu import gpu_bench
+from mixsweep.data.base import default_workers
+from mixsweep.data.datasets import ArrayDataset
 from mixsweep.data.ffcv_loader import ffcv_available, prepare
 from mixsweep.data.loaders import make_loader
 from mixsweep.data.split import labeled_split
-from mixsweep.data.torch_loader import default_workers
 from mixsweep.linearity import layer_stats
 from mixsweep.models import build_model
 from mixsweep.spec import LinearityConfig
 
 PARTS = ("loader", "trainer", "nonlinearity", "scheduler", "gpu", "store")
-CIFAR_EPOCH = 50_000  # images in a CIFAR-10 training epoch (extrapolation target)
-Log = Callable[[str], None]
 
 # default sizes (about 5 minutes on 2 busy cores) and --quick sizes (a smoke run)
 SIZES = {
@@ -47,29 +44,6 @@ SIZES = {
     True: {"images": 1_024, "batch": 128, "train_steps": {"cnn": 2, "resnet18": 1},
            "train_batch": 32, "probes": 32, "trials": 2},
 }
-
-
-def cifar_like(n: int, seed: int = 0) -> ArrayDataset:
-    """Synthetic CIFAR-shaped data: 3x32x32 uint8, 10 classes, crop pad 4, flips."""
-    return dataclasses.replace(synthetic(n, 256, 10, 32, seed), name="cifar_like", pad=4)
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": default_workers(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _loaders(data: ArrayDataset, batch: int, device: torch.device, ffcv_dir: str | None):
@@ -107,10 +81,10 @@ def loader(quick: bool, log: Log, device: torch.device | None = None) -> dict[st
                 pass
             rates = []
             for epoch in (1, 2, 3):
-                _sync(device)
+                sync(device)
                 t = time.perf_counter()
                 n = sum(len(b.y) for b in ld.epoch(epoch))
-                _sync(device)
+                sync(device)
                 rates.append(n / (time.perf_counter() - t))
             out[f"{kind}_images_per_s"] = round(max(rates))
             log(f"loader {kind}: {out[f'{kind}_images_per_s']} images/s")
@@ -122,31 +96,13 @@ def loader(quick: bool, log: Log, device: torch.device | None = None) -> dict[st
     return out
 
 
-def engine(data: ArrayDataset, device: torch.device, *, arch: str, batch: int, loader: str = "memory",
-           ffcv_dir: str | None = None, bf16: bool = False, cuda_graphs: bool = False):
-    """The trial's own engine (``trial._Run``: model, optimizer, loader, ``step.TrainStep``)
-    on ``data``: what ``mixsweep trial`` runs, erm, SGD at its defaults."""
-    from mixsweep.spec import TrialConfig
-    from mixsweep.trial import _Run
-
-    cfg = TrialConfig(
-        data={"dataset": "cifar10", "loader": loader, **({"ffcv_dir": ffcv_dir} if ffcv_dir else {})},
-        model={"arch": arch},
-        train={"batch_size": batch, "epochs": 2, "device": device.type,
-               "precision": "bf16" if bf16 else "fp32", "channels_last": bf16,
-               "cuda_graphs": cuda_graphs},
-        linearity={"probes": 2},
-    )
-    return _Run(cfg, device, data=data)
-
-
 def trainer(quick: bool, log: Log) -> dict[str, Any]:
     """The trial's step (``engine``) with cnn / resnet18 per loader for a few steps; per-image
     time x 50k = epoch estimate; the loader's share: the loader alone over the same steps."""
     sz, device = SIZES[quick], torch.device("cpu")
     data = cifar_like(sz["images"])
     out: dict[str, Any] = {"batch": sz["train_batch"], "steps": sz["train_steps"],
-                           "method": f"the trial's step (trial._Run.train_epoch): {sz['train_steps']} "
+                           "method": f"the trial's step (Engine.train_epoch): {sz['train_steps']} "
                                      f"steps after 1 warm-up step; epoch_seconds = seconds per image "
                                      f"x {CIFAR_EPOCH}; loader_share = the loader alone over the "
                                      f"same steps / the training time"}
@@ -260,8 +216,6 @@ def run_bench(quick: bool = False, parts: list[str] | None = None, log: Log = pr
     if "scheduler" in parts:
         res["scheduler"] = scheduler(quick, log)
     if "gpu" in parts:
-        from mixsweep.bench_gpu import gpu_bench
-
         if torch.cuda.is_available():
             res["gpu"] = gpu_bench(quick, log)
         elif quick:  # the same code on the CPU, tiny: a smoke test, not a measurement

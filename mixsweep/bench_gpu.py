@@ -1,6 +1,6 @@
 """The ``gpu`` part of ``mixsweep bench``: the trial's own step against a bare loop.
 
-Every timed run except the bare baseline is the trial's engine (``trial._Run``
+Every timed run except the bare baseline is the trial's engine (``engine.Engine``
 + ``step.TrainStep``: the step ``mixsweep trial`` runs), on CIFAR-shaped
 synthetic data, resnet18, bf16 + channels_last, memory loader. It prints the
 ratios of issue 13:
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mixsweep.bench import CIFAR_EPOCH, Log, _sync, cifar_like, engine
+from mixsweep.bench_common import CIFAR_EPOCH, Log, cifar_like, engine, sync
 from mixsweep.data.loaders import make_loader
 from mixsweep.data.split import labeled_split
 from mixsweep.models import build_model
@@ -108,19 +108,36 @@ def bare_loop(images: int, batch: int, device: torch.device, arch: str, bf16: bo
     return epoch
 
 
-def _rate_bare(sz: dict[str, Any], batch: int, device: torch.device) -> tuple[float, float | None]:
+def rate_bare(sz: dict[str, Any], batch: int, device: torch.device) -> tuple[float, float | None]:
+    """Images/s of one epoch of ``bare_loop`` after a warm-up epoch, and the mean GPU
+    utilization (%) meanwhile (None off CUDA or without nvidia-smi).
+
+    Args:
+        sz: ``images`` (the epoch's size), ``arch``, ``bf16``.
+        batch: the batch size.
+        device: where to train.
+    """
     epoch = bare_loop(sz["images"], batch, device, sz["arch"], sz["bf16"])
     epoch(0)  # warm-up (cudnn autotune, allocator)
-    _sync(device)
+    sync(device)
     with Utilization(device.index or 0) if device.type == "cuda" else contextlib.nullcontext() as u:
         t = time.perf_counter()
         n = epoch(1)
-        _sync(device)
+        sync(device)
         sec = time.perf_counter() - t
     return n / sec, (u.mean if u is not None else None)
 
 
-def _rate_engine(sz: dict[str, Any], batch: int, device: torch.device, graphs: bool) -> float:
+def rate_engine(sz: dict[str, Any], batch: int, device: torch.device, graphs: bool) -> float:
+    """Images/s of one epoch of the trial's engine (``bench_common.engine``) after a warm-up
+    epoch, timed by the engine's ``train_seconds`` as a trial records it.
+
+    Args:
+        sz: ``images``, ``arch``, ``bf16`` (as for ``rate_bare``).
+        batch: the batch size.
+        device: where to train.
+        graphs: ``train.cuda_graphs``.
+    """
     run = engine(cifar_like(sz["images"]), device, arch=sz["arch"], batch=batch,
                  bf16=sz["bf16"], cuda_graphs=graphs)
     run.train_epoch(0)  # warm-up; with graphs: the eager warm-up steps and the one capture
@@ -131,8 +148,8 @@ def _rate_engine(sz: dict[str, Any], batch: int, device: torch.device, graphs: b
 
 def epoch_time(sz: dict[str, Any], log: Log, device: torch.device) -> dict[str, Any]:
     b = sz["big"]
-    bare, util = _rate_bare(sz, b, device)
-    eng = _rate_engine(sz, b, device, graphs=False)
+    bare, util = rate_bare(sz, b, device)
+    eng = rate_engine(sz, b, device, graphs=False)
     out = {"images": sz["images"], "batch": b, "model": sz["arch"],
            "bare_images_per_s": round(bare), "bare_gpu_util_percent": util,
            "engine_images_per_s": round(eng), "ratio_engine_vs_bare": round(eng / bare, 3)}
@@ -143,8 +160,8 @@ def epoch_time(sz: dict[str, Any], log: Log, device: torch.device) -> dict[str, 
 
 def small_batch(sz: dict[str, Any], log: Log, device: torch.device) -> dict[str, Any]:
     b = sz["small"]
-    eager = _rate_engine(sz, b, device, graphs=False)
-    graphed = _rate_engine(sz, b, device, graphs=True)
+    eager = rate_engine(sz, b, device, graphs=False)
+    graphed = rate_engine(sz, b, device, graphs=True)
     out = {"images": sz["images"], "batch": b, "model": sz["arch"],
            "eager_images_per_s": round(eager), "cuda_graphs_images_per_s": round(graphed),
            "ratio_graphs_vs_eager": round(graphed / eager, 3)}

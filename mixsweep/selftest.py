@@ -23,8 +23,6 @@ import io
 import math
 import os
 import platform
-import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,6 +35,7 @@ import torch
 
 from mixsweep import __version__
 from mixsweep.selftest_train import Row, guarded
+from mixsweep.trial import device_problem, nvidia_driver
 
 Log = Callable[[Row], Row]
 PACKAGES = ("torch", "torchvision", "ray", "wandb")
@@ -47,24 +46,16 @@ _MODE_COST = {"erm": 0, "sup": 1, "mt": 2, "unsup": 3, "both": 4}  # forward pas
 
 
 # --------------------------------------------------------------------------- machine
-def _driver() -> str:
-    if not shutil.which("nvidia-smi"):
-        return "? (no nvidia-smi)"
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        return "? (nvidia-smi failed)"
-    return out[0] if out else "?"
-
-
 def resolve(name: str) -> tuple[torch.device | None, str | None]:
-    """The device for auto / cpu / cuda, or None and why it is not usable here."""
+    """The device for auto / cpu / cuda / cuda:N (``trial.device_problem``'s rules), or None
+    and why it is not usable here."""
+    problem = device_problem(name)
+    if problem is not None:
+        return None, problem
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu"), None
-    if not torch.cuda.is_available():
-        return None, "no CUDA device is visible (torch.cuda.is_available() is False)"
-    return torch.device("cuda", torch.cuda.current_device()), None
+    index = torch.device(name).index if name != "auto" else None
+    return torch.device("cuda", torch.cuda.current_device() if index is None else index), None
 
 
 def device_row(device: torch.device | None, why: str | None, gpus_wanted: float,
@@ -75,12 +66,12 @@ def device_row(device: torch.device | None, why: str | None, gpus_wanted: float,
         p = torch.cuda.get_device_properties(device)
         return Row("device", "pass", f"{p.name}, {p.total_memory / _GIB:.0f} GiB",
                    f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, driver "
-                   f"{_driver()}, compute {p.major}.{p.minor}, {torch.cuda.device_count()} GPU(s) "
+                   f"{nvidia_driver() or '?'}, compute {p.major}.{p.minor}, {torch.cuda.device_count()} GPU(s) "
                    f"visible, bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     figure = f"{cores} cores, torch threads {torch.get_num_threads()}"
     if not preflight:  # the CPU's model name; bench imports torchvision (seconds) on the way
-        from mixsweep.bench import machine
+        from mixsweep.bench_common import machine
 
         figure = f"{machine()['cpu']}, {figure}"
     if gpus_wanted > 0 and not torch.cuda.is_available():
@@ -178,7 +169,7 @@ def data_rows(trials: list) -> list[Row]:
 def wandb_row(spec) -> Row:  # type: ignore[no-untyped-def]
     """W&B in the sweep's mode: offline, the package imports and the run dir takes a file."""
     from mixsweep.store import SweepPaths
-    from mixsweep.tracking import online_problem
+    from mixsweep.tracking import online_problem, wandb_version
 
     mode = spec.tracking.wandb.mode
     if mode == "disabled":
@@ -188,11 +179,9 @@ def wandb_row(spec) -> Row:  # type: ignore[no-untyped-def]
         return Row("W&B", "fail" if problem else "pass", "online",
                    f"{problem}; launch would log offline instead" if problem
                    else "API key present, server reachable")
-    import importlib
-
-    importlib.import_module("wandb")  # an ImportError becomes a failed row (guarded)
+    ver = wandb_version()  # imports wandb: an ImportError becomes a failed row (guarded)
     row = writable_row("W&B", SweepPaths.of(spec.runs_dir, spec.name).root / "wandb")
-    return replace(row, figure=f"offline, wandb {version('wandb')}", detail=f"run dir {row.detail}")
+    return replace(row, figure=f"offline, wandb {ver}", detail=f"run dir {row.detail}")
 
 
 # --------------------------------------------------------------------------- GPU memory
@@ -216,8 +205,8 @@ def peak_bytes(cfg, device: torch.device) -> int:  # type: ignore[no-untyped-def
     """Peak reserved GPU memory of a trial: its data, a few steps (a graph capture too),
     an evaluation and an NL measurement; eager where the sweep compiles (compiling takes
     minutes and changes the peak little)."""
+    from mixsweep.engine import Engine
     from mixsweep.step import WARMUP_STEPS
-    from mixsweep.trial import _Run
 
     # the torch loader stands in for ffcv (both keep only batches on the GPU; no .beton needed)
     data = cfg.data.model_copy(update={"loader": "torch"}) if cfg.data.loader == "ffcv" else cfg.data
@@ -228,7 +217,7 @@ def peak_bytes(cfg, device: torch.device) -> int:  # type: ignore[no-untyped-def
     base = torch.cuda.memory_reserved(device)
     torch.cuda.reset_peak_memory_stats(device)
     with contextlib.redirect_stderr(io.StringIO()):
-        run = _Run(cfg, device, data=_shaped(cfg))
+        run = Engine(cfg, device, data=_shaped(cfg))
         run.train_epoch(1, limit=WARMUP_STEPS + 2)
         run.evaluate()
         run.measure()

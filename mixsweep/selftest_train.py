@@ -1,7 +1,7 @@
 """The training checks of ``mixsweep selftest`` (``selftest.py`` runs them and prints the table).
 
-Every training run here is the trial's own engine: ``trial._Run`` (model, optimizer,
-loader, ``step.TrainStep``) given a dataset through its ``data=`` door, as ``mixsweep
+Every training run here is the trial's own engine: ``engine.Engine`` (model, optimizer,
+loader, ``step.TrainStep``) given a dataset through its ``data=`` argument, as ``mixsweep
 bench`` drives it; nothing copies the step. A mode's run: digits (the embedded data),
 cnn width 16, batch 128, half the labels, ``train.epochs: 1`` (12 steps, so the cosine lr
 and the consistency ramp both move), run as two epochs of ``STEPS`` steps, then the test
@@ -39,6 +39,7 @@ import torch
 
 from mixsweep.data import ArrayDataset, load_dataset, make_loader
 from mixsweep.data.split import labeled_split
+from mixsweep.engine import Engine
 from mixsweep.names import CONSISTENCY_MODES, MODES
 from mixsweep.spec import TrialConfig
 from mixsweep.step import TrialFailed
@@ -113,19 +114,17 @@ def digits() -> ArrayDataset:
 
 
 def train_record(cfg: TrialConfig, data: ArrayDataset, device: torch.device) -> dict[str, Any]:
-    """Two epochs of ``STEPS`` steps through ``trial._Run``; losses, accuracy, NL, timings.
+    """Two epochs of ``STEPS`` steps through ``engine.Engine``; losses, accuracy, NL, timings.
 
     ``error``: why training stopped (a non-finite loss, any error); ``notes``: what the step said on
     stderr (a CUDA graph fallback); ``captured``: whether a CUDA graph was captured.
     """
-    from mixsweep.trial import _Run
-
     said = io.StringIO()
     t0 = time.perf_counter()
     rec: dict[str, Any] = {"loss": {}, "error": None, "captured": False}
     with contextlib.redirect_stderr(said):
         try:
-            run = _Run(cfg, device, data=data)
+            run = Engine(cfg, device, data=data)
             for epoch in (1, 2):
                 for key, v in run.train_epoch(epoch, limit=STEPS).items():
                     rec["loss"][f"epoch {epoch} {key.removeprefix('train_')}"] = v
@@ -181,7 +180,7 @@ def mode_figure(rec: dict[str, Any]) -> str:
 def mode_row(mode: str, rec: dict[str, Any], num_classes: int) -> Row:
     problems = mode_problems(mode, rec, num_classes)
     return Row(f"mode {mode}", "fail" if problems else "pass", mode_figure(rec),
-               "; ".join(problems) or f"{2 * STEPS} steps through trial._Run (digits, cnn)")
+               "; ".join(problems) or f"{2 * STEPS} steps through engine.Engine (digits, cnn)")
 
 
 # --------------------------------------------------------------------------- comparisons
@@ -262,15 +261,15 @@ def compile_row(data: ArrayDataset, device: torch.device, eager: dict[str, Any],
 # --------------------------------------------------------------------------- speed and parts
 def throughput_rows(device: torch.device) -> list[Row]:
     """The step's images/s against the bench's bare loop (same model, batch and data)."""
-    from mixsweep.bench_gpu import _rate_bare, _rate_engine
+    from mixsweep.bench_gpu import rate_bare, rate_engine
 
     cuda = device.type == "cuda"
     arch, bf16 = ("resnet18", True) if cuda else ("cnn", False)
     rows = []
     for batch, steps in (((128, 16), (512, 16)) if cuda else ((8, 2), (32, 2))):
         sz = {"images": batch * steps, "arch": arch, "bf16": bf16}
-        bare, _ = _rate_bare(sz, batch, device)
-        eng = _rate_engine(sz, batch, device, graphs=False)
+        bare, _ = rate_bare(sz, batch, device)
+        eng = rate_engine(sz, batch, device, graphs=False)
         ratio = eng / bare
         # a CPU's figure is its compute, and two steps on shared cores are load noise: no gate
         gate = f"fails below {MIN_RATIO}x" if cuda else "a figure only on CPU (no gate)"
@@ -286,7 +285,7 @@ def nl_probe_row(device: torch.device, data: ArrayDataset) -> Row:
     """The time of one ``layer_nonlinearity`` (fresh weights); NL finite, ~0 where affine.
     CUDA: resnet18 on 512 CIFAR-shaped probes (a sweep's cost); CPU: the mode rows' cnn on
     the digits test set (its kernels are warm: a CPU's first call of a new shape is slow)."""
-    from mixsweep.bench import cifar_like
+    from mixsweep.bench_common import cifar_like
     from mixsweep.linearity import layer_nonlinearity
     from mixsweep.models import build_model
 
@@ -372,9 +371,7 @@ def tiny_step(device: torch.device) -> Row:
                       train={"epochs": 1, "batch_size": 32, "device": device.type},
                       linearity={"probes": 2})
     t = time.perf_counter()
-    from mixsweep.trial import _Run
-
-    run = _Run(cfg, device, data=synthetic(64, 8, 10, 8, 0))
+    run = Engine(cfg, device, data=synthetic(64, 8, 10, 8, 0))
     try:
         loss = run.train_epoch(1, limit=1)["train_loss"]
     except TrialFailed as err:
@@ -382,7 +379,7 @@ def tiny_step(device: torch.device) -> Row:
     ok = math.isfinite(loss) and loss > 0
     return Row(f"step on {device}", "pass" if ok else "fail",
                f"loss {loss:.3f}, {time.perf_counter() - t:.2f} s",
-               "one step of trial._Run (cnn, batch 32)" if ok else f"loss {loss}")
+               "one step of engine.Engine (cnn, batch 32)" if ok else f"loss {loss}")
 
 
 def modes_with_graphs(device: torch.device, data: ArrayDataset, log) -> tuple[list[Row], dict[str, Any]]:

@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from mixsweep.data.loaders import MemoryLoader, epoch_generator, step_row
+from mixsweep.data.base import epoch_generator, step_row
+from mixsweep.data.memory_loader import MemoryLoader
 from mixsweep.mixup import ema_decay, ema_update, mix_draw, mixup_losses, rampup
 
 Log = Callable[[str], None]

@@ -160,6 +160,13 @@ def run_id(sweep_id: str | None, trial_id: str) -> str:
     return f"{sweep_id}-{trial_id}" if sweep_id else trial_id
 
 
+def wandb_version() -> str:
+    """Import wandb (only this module does) and return its version; ImportError if it cannot."""
+    import wandb
+
+    return str(wandb.__version__)
+
+
 def online_problem(timeout: float = 5.0) -> str | None:
     """Why W&B online cannot work from here (no API key, no route to the server), or None.
 

@@ -1,7 +1,9 @@
 """One trial: data -> model -> train loop (mixup losses) -> per-epoch eval.
 
-``run_trial(cfg, out_dir, report)`` is a plain function of a TrialConfig. It
-knows nothing of Ray: ``tune.py`` wraps it. With ``out_dir`` it writes
+``run_trial(cfg, out_dir, report, data=None)`` is a plain function of a
+TrialConfig (and, optionally, your own dataset). It knows nothing of Ray:
+``tune.py`` wraps it. What it trains (model, optimizer, loader, step) is an
+``engine.Engine``, public for the benchmarks and the selftest. With ``out_dir`` it writes
 checkpoint.pt every ``train.checkpoint_seconds`` (and at the end) and resumes
 from it: epochs after the checkpoint are trained again, bit-identically on CPU
 (every epoch's data order and mixing weights are seeded by the epoch), and not
@@ -19,232 +21,92 @@ accuracy ("NL at matched accuracy") and at the end.
 
 from __future__ import annotations
 
-import copy
-import math
 import platform
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mixsweep import __version__
-from mixsweep.data import ArrayDataset, load_dataset, make_loader
-from mixsweep.data.ffcv_loader import resolve_ffcv_dir
-from mixsweep.data.loaders import Normalize, eval_batches
-from mixsweep.data.split import labeled_split
-from mixsweep.linearity import layer_stats, probe_set
-from mixsweep.mixup import mixup_losses
-from mixsweep.models import build_model
-from mixsweep.names import CONSISTENCY_MODES
+from mixsweep.data import ArrayDataset
+from mixsweep.engine import Engine, device_problem, resolve_device
 from mixsweep.spec import TrialConfig
-from mixsweep.step import TrainStep, TrialFailed
+from mixsweep.step import TrialFailed
 from mixsweep.store import TrialPaths, atomic_torch_save, atomic_write_json, read_json, read_jsonl
+
+__all__ = ["Engine", "Report", "device_problem", "first_at_target", "nvidia_driver", "package_version",
+           "provenance", "resolve_device", "run_trial"]
 
 Report = Callable[[dict[str, Any]], None]
 
 
-def device_problem(name: str) -> str | None:
-    """Why ``name`` (auto, cpu, cuda or cuda:N) is not a device this process can train on."""
-    if name == "auto":
-        return None
+PACKAGES = ("torchvision", "ray", "wandb", "numpy", "ffcv")  # versions read, never imported
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name`` (importlib.metadata); None: absent."""
     try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        return "unknown device; allowed: auto, cpu, cuda, cuda:N"
-    if dev.type not in ("cpu", "cuda"):
-        return "not supported; allowed: auto, cpu, cuda, cuda:N"
-    if dev.type == "cpu":
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
         return None
-    if not torch.cuda.is_available():
-        return "no CUDA device is visible here; use cpu (or auto)"
-    count = torch.cuda.device_count()
-    if dev.index is not None and dev.index >= count:
-        return (f"this machine has {count} CUDA device{'s' if count != 1 else ''} "
-                f"(cuda:0 to cuda:{count - 1})")
-    return None
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    """The torch device for ``name`` (auto: CUDA when there is one); RuntimeError if unusable."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    problem = device_problem(name)
-    if problem:
-        raise RuntimeError(f"train.device {name!r}: {problem}")
-    return torch.device(name)
-
-
-def _lr_lambda(cfg: TrialConfig, total_steps: int, steps_per_epoch: int):
-    warm = cfg.train.warmup_epochs * steps_per_epoch
-
-    def f(step: int) -> float:
-        if warm and step < warm:
-            return (step + 1) / warm
-        t = (step - warm) / max(1, total_steps - warm)
-        if cfg.train.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-        if cfg.train.schedule == "step":
-            return 0.1 ** ((t >= 0.5) + (t >= 0.75))
-        return 1.0
-
-    return f
-
-
-def _optimizer(cfg: TrialConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    t = cfg.train
-    if t.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.SGD(
-        model.parameters(), lr=t.lr, momentum=t.momentum,
-        nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay,
-    )
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, batches) -> float:
-    was = model.training
-    model.eval()
-    correct = total = 0
-    for x, y in batches:
-        correct += int((model(x).argmax(1) == y).sum())
-        total += len(y)
-    model.train(was)
-    return correct / max(total, 1)
-
-
-def provenance(device: torch.device) -> dict[str, Any]:
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver version (pynvml if installed, else nvidia-smi); None if neither answers."""
     try:
-        commit = subprocess.run(
+        import pynvml  # optional: nvidia-ml-py
+
+        pynvml.nvmlInit()
+        try:
+            ver = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+        return ver.decode() if isinstance(ver, bytes) else str(ver)
+    except Exception:  # noqa: BLE001 - not installed, no NVML: ask nvidia-smi
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out[0] if out else None
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
             text=True, timeout=5,
         ).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
-        commit = None
+        return None
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """The software and machine that made a result: package versions (None: not installed),
+    CUDA and cuDNN as torch was built with them, the NVIDIA driver (None off CUDA), the commit.
+
+    Args:
+        device: the trial's device; the GPU's name and the driver are read only on CUDA.
+    """
+    cuda = device.type == "cuda"
     return {
         "mixsweep": __version__,
         "torch": torch.__version__,
+        **{name: package_version(name) for name in PACKAGES},
         "python": platform.python_version(),
-        "git_commit": commit,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "nvidia_driver": nvidia_driver() if cuda else None,
+        "git_commit": _git_commit(),
         "host": platform.node(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
     }
-
-
-class _Run:
-    """The state of one trial while it trains (kept off the public surface)."""
-
-    def __init__(self, cfg: TrialConfig, device: torch.device, data: ArrayDataset | None = None):
-        self.cfg, self.device = cfg, device
-        # data: given by ``mixsweep bench`` (synthetic); a trial reads its dataset
-        self.data = data if data is not None else load_dataset(cfg.data.dataset, cfg.data.root,
-                                                               cfg.data.download)
-        c, h, _ = self.data.shape
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            m = cfg.model
-            self.model = build_model(m.arch, c, self.data.num_classes, h, m.width, m.depth, m.batchnorm)
-        self.model.to(device)
-        self.channels_last = cfg.train.channels_last and device.type == "cuda"
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.teacher = None
-        if cfg.mixup.mode in CONSISTENCY_MODES:
-            self.teacher = copy.deepcopy(self.model).requires_grad_(False)
-        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
-        split = labeled_split(self.data.train_y, cfg.data.labeled_fraction, cfg.split_seed,
-                              cfg.data.num_labels)
-        self.loader = make_loader(
-            cfg.data.loader, self.data, split, cfg.train.batch_size, device,
-            augment=cfg.data.augment, unlabeled=self.teacher is not None, seed=cfg.seed,
-            ffcv_dir=resolve_ffcv_dir(cfg.data.ffcv_dir, cfg.data.root, cfg.data.dataset),
-            # the torch loader's workers: the threads this trial was given (tune.py sets them
-            # to resources.cpus_per_trial), not one per core of the node
-            num_workers=torch.get_num_threads(),
-        )
-        self.steps_per_epoch = self.loader.steps_per_epoch
-        self.total_steps = cfg.train.epochs * self.steps_per_epoch
-        self.opt = _optimizer(cfg, self.model)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, _lr_lambda(cfg, self.total_steps, self.steps_per_epoch)
-        )
-        norm = Normalize(self.data, device)
-        self.probes = norm(probe_set(self.data.test_x, cfg.linearity.probes).to(device))
-        self.step = 0
-        self.train_seconds = 0.0
-        self.history: list[dict[str, Any]] = []
-        self.resumes: list[int] = []  # the epoch each resume continued from
-
-    # -- checkpoints
-    def state(self) -> dict[str, Any]:
-        return {
-            "trial_id": self.cfg.trial_id,
-            "model": self.model.state_dict(),
-            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
-            "opt": self.opt.state_dict(),
-            "sched": self.sched.state_dict(),
-            "step": self.step,
-            "train_seconds": self.train_seconds,
-            "history": self.history,
-            "resumes": self.resumes,
-        }
-
-    def load(self, ck: dict[str, Any]) -> None:
-        self.model.load_state_dict(ck["model"])
-        if self.teacher is not None:
-            self.teacher.load_state_dict(ck["teacher"])
-        self.opt.load_state_dict(ck["opt"])
-        self.sched.load_state_dict(ck["sched"])
-        self.step, self.train_seconds = ck["step"], ck["train_seconds"]
-        self.history = list(ck["history"])
-        self.resumes = [*ck.get("resumes", []), self.history[-1]["epoch"]]
-
-    # -- work
-    def _x(self, x: torch.Tensor | None) -> torch.Tensor | None:
-        if x is not None and self.channels_last:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    def trainer(self) -> TrainStep:
-        """The training step of this run (built on first use, after a checkpoint was loaded)."""
-        if getattr(self, "_trainer", None) is None:
-            self._trainer = TrainStep(
-                model=self.model, forward=self.forward, teacher=self.teacher, opt=self.opt,
-                sched=self.sched, loader=self.loader, cfg=self.cfg,
-                num_classes=self.data.num_classes, total_steps=self.total_steps,
-                device=self.device, loss_fn=mixup_losses,
-            )
-        return self._trainer
-
-    def train_epoch(self, epoch: int, limit: int | None = None) -> dict[str, float]:
-        """One epoch of ``mixsweep.step.TrainStep`` (no per-step host sync); the mean losses.
-
-        ``limit``: only the first steps of the epoch (``mixsweep bench``; never in a trial).
-        """
-        start = time.perf_counter()
-        try:
-            losses = self.trainer().run_epoch(epoch, self.step, limit)
-        except TrialFailed as err:
-            self.step += getattr(err, "steps_done", 0)
-            raise
-        self.step += self.steps_per_epoch if limit is None else min(limit, self.steps_per_epoch)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.train_seconds += time.perf_counter() - start
-        return losses
-
-    def measure(self) -> dict[str, dict[str, float]]:
-        lin = self.cfg.linearity
-        return layer_stats(self.model, self.probes, k=lin.k, alpha=lin.alpha, seed=lin.seed)
-
-    def evaluate(self) -> float:
-        batches = ((self._x(x), y) for x, y in eval_batches(self.data, self.device, self.cfg.train.eval_batch_size))
-        return evaluate(self.model, batches)
 
 
 def first_at_target(history: list[dict[str, Any]], target: float | None) -> dict[str, Any] | None:
@@ -254,7 +116,7 @@ def first_at_target(history: list[dict[str, Any]], target: float | None) -> dict
     return next((r for r in history if r["epoch"] >= 1 and r["test_acc"] >= target), None)
 
 
-def _summary(cfg: TrialConfig, run: _Run, status: str, reason: str | None, wall: float) -> dict[str, Any]:
+def _summary(cfg: TrialConfig, run: Engine, status: str, reason: str | None, wall: float) -> dict[str, Any]:
     hist = run.history
     target = cfg.train.target_accuracy
     hit = first_at_target(hist, target)
@@ -289,7 +151,7 @@ def _summary(cfg: TrialConfig, run: _Run, status: str, reason: str | None, wall:
     }
 
 
-def _resume(run: _Run, paths: TrialPaths) -> str | None:
+def _resume(run: Engine, paths: TrialPaths) -> str | None:
     """Load the trial's checkpoint into ``run``; a note if it was unreadable (set aside)."""
     if not paths.checkpoint.is_file():
         return None
@@ -311,6 +173,7 @@ def run_trial(
     out_dir: str | Path | None = None,
     report: Report | None = None,
     *,
+    data: ArrayDataset | None = None,
     device: str | torch.device | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -321,6 +184,8 @@ def run_trial(
         out_dir: the trial's folder (config, metrics.jsonl, checkpoint.pt,
             result.json); resumes from its checkpoint. None: keep nothing.
         report: called with each epoch's record, once per epoch across kills and resumes.
+        data: your own dataset in place of ``cfg.data.dataset`` (an ``ArrayDataset``: a
+            subset, synthetic data); None: the config's dataset, read from its root.
         device: overrides ``train.device``.
         on_result: called with the final record before ``result.json`` is written (the
             W&B run is finished there): a kill in between leaves the trial unfinished, and
@@ -337,7 +202,7 @@ def run_trial(
         same_trial = isinstance(before, dict) and before.get("trial_id") == cfg.trial_id
         atomic_write_json(paths.config, {"trial_id": cfg.trial_id, **cfg.model_dump(mode="json")})
     dev = resolve_device(device if device is not None else cfg.train.device)
-    run = _Run(cfg, dev)
+    run = Engine(cfg, dev, data=data)
     notes: list[str] = []
     reported: list[dict[str, Any]] = []  # metrics.jsonl: the epochs already reported
     if paths is not None:
@@ -346,7 +211,7 @@ def run_trial(
         if note is not None:
             print(f"trial {cfg.trial_id}: {note}", file=sys.stderr, flush=True)
             notes.append(note)
-            run = _Run(cfg, dev)  # a load that failed half-way leaves nothing behind
+            run = Engine(cfg, dev, data=data)  # a load that failed half-way leaves nothing behind
     done_epochs = {r["epoch"] for r in reported}
     target, every = cfg.train.target_accuracy, cfg.linearity.every
     status, reason = "completed", None

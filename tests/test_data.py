@@ -256,14 +256,14 @@ def test_labeled_split_by_count_is_equal_per_class() -> None:
 
 
 def test_same_subset_in_every_mode(trial_cfg) -> None:
-    from mixsweep.trial import _Run
+    from mixsweep.engine import Engine
 
     splits = []
     for mode in ("erm", "sup", "unsup", "mt"):
         cfg = trial_cfg(
             seed=5, data={"labeled_fraction": 0.2}, mixup={"mode": mode, "k": 2, "alpha": 1.0}
         )
-        splits.append(_Run(cfg, torch.device("cpu")).loader.split)
+        splits.append(Engine(cfg, torch.device("cpu")).loader.split)
     for s in splits[1:]:
         assert torch.equal(s.labeled, splits[0].labeled) and torch.equal(
             s.unlabeled, splits[0].unlabeled

@@ -79,3 +79,29 @@ def test_cli_prepare_writes_files(tmp_path):
     res = CliRunner().invoke(app, ["data", "prepare", "digits", "--out", str(tmp_path / "d")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "d" / "train.beton").stat().st_size > 1437 * 64
+
+
+@needs_ffcv
+def test_ffcv_threads_follow_the_trial_not_the_node(tmp_path, trial_cfg):
+    """FFCV's threads are the trial's share (make_loader's num_workers; in a trial
+    ``torch.get_num_threads()``, which tune.py sets to cpus_per_trial), not every core."""
+    from mixsweep.data.base import default_workers
+    from mixsweep.engine import Engine
+
+    data = synthetic(n_train=64, n_test=16, size=8)
+    prepare(data, tmp_path)
+    split = labeled_split(data.train_y, 0.5, 0)
+    kw = {"augment": True, "unlabeled": True, "seed": 0, "ffcv_dir": tmp_path}
+    ld = make_loader("ffcv", data, split, 16, CPU, num_workers=1, **kw)
+    assert [x.num_workers for x in ld.loaders] == [1, 1]
+    ld = make_loader("ffcv", data, split, 16, CPU, **kw)
+    assert [x.num_workers for x in ld.loaders] == [default_workers()] * 2
+    cfg = trial_cfg(data={"loader": "ffcv", "ffcv_dir": str(tmp_path)}, model={"width": 4},
+                    train={"batch_size": 16}, linearity={"probes": 8})
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        eng = Engine(cfg, CPU, data=data)
+    finally:
+        torch.set_num_threads(threads)
+    assert [x.num_workers for x in eng.loader.loaders] == [1]

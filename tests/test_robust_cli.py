@@ -245,7 +245,7 @@ def test_unusable_device_is_one_line_before_anything_runs(tmp_path: Path, monkey
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
-    monkeypatch.setattr(trial, "_Run", lambda *a, **k: pytest.fail("the trial started"))
+    monkeypatch.setattr(trial, "Engine", lambda *a, **k: pytest.fail("the trial started"))
     one_error(["trial", REPO / "sweeps" / "trial_digits.yaml", "--out", tmp_path / "t",
                "--device", device], needle)
     assert not (tmp_path / "t").exists()

@@ -63,14 +63,14 @@ def _table_rows(output: str) -> dict[str, str]:
 def test_cpu_selftest_names_exactly_the_broken_checks(tmp_path, monkeypatch) -> None:
     """End to end through the CLI: every row; a wrong loss in one mode and a runs folder that
     is a file fail (W&B's offline run dir lies in that folder too) and nothing else does."""
-    from mixsweep import trial
+    from mixsweep import engine
     from mixsweep.mixup import mixup_losses
 
     def wrong_in_sup(mode, *a, **k):
         out = mixup_losses(mode, *a, **k)
         return {**out, "loss": out["loss"] * 10} if mode == "sup" else out
 
-    monkeypatch.setattr(trial, "mixup_losses", wrong_in_sup)
+    monkeypatch.setattr(engine, "mixup_losses", wrong_in_sup)
     blocker = tmp_path / "runs"
     blocker.write_text("a file, not a folder")
     monkeypatch.setattr(cli.console, "width", 300)  # one table line per row

@@ -139,7 +139,7 @@ def test_trial_equals_reference_loop(trial_cfg, tmp_path: Path, monkeypatch, mix
     )
     new = run_trial(cfg, tmp_path / "new")
     with monkeypatch.context() as mp:
-        mp.setattr(trial_mod._Run, "train_epoch", reference_train_epoch)
+        mp.setattr(trial_mod.Engine, "train_epoch", reference_train_epoch)
         ref = run_trial(cfg, tmp_path / "ref")
     assert new["status"] == ref["status"] == "completed"
     hist_new, hist_ref = _computed(tmp_path / "new"), _computed(tmp_path / "ref")
@@ -159,7 +159,7 @@ def test_trial_equals_reference_loop(trial_cfg, tmp_path: Path, monkeypatch, mix
 
 def _engine(cfg, device_mode: bool, log: list[str] | None = None):
     """A TrainStep on digits built the way the trial builds it."""
-    run = trial_mod._Run(cfg, torch.device("cpu"))
+    run = trial_mod.Engine(cfg, torch.device("cpu"))
     step = TrainStep(model=run.model, forward=run.forward, teacher=run.teacher, opt=run.opt,
                      sched=run.sched, loader=run.loader, cfg=cfg, num_classes=run.data.num_classes,
                      total_steps=run.total_steps, device=run.device,

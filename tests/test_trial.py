@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from mixsweep import engine as engine_mod
 from mixsweep import trial as trial_mod
 from mixsweep.store import TrialPaths, read_jsonl
 from mixsweep.trial import run_trial
@@ -133,7 +134,7 @@ def test_completed_result_is_returned_without_rerunning(
     def boom(*_a, **_k):
         raise AssertionError("a completed trial was run again")
 
-    monkeypatch.setattr(trial_mod, "_Run", boom)
+    monkeypatch.setattr(trial_mod, "Engine", boom)
     again = run_trial(cfg, tmp_path / "t")
     assert again == json.loads(json.dumps(first))
     # another trial in that folder is not mistaken for the completed one
@@ -162,7 +163,7 @@ def test_kill_between_finishing_w_and_b_and_result_json_finishes_again(
     def no_training(*_a, **_k):
         raise AssertionError("an epoch was trained again")
 
-    monkeypatch.setattr(trial_mod._Run, "train_epoch", no_training)
+    monkeypatch.setattr(trial_mod.Engine, "train_epoch", no_training)
     finished: list[dict[str, Any]] = []
     res = run_trial(cfg, tmp_path / "t", lambda r: seen.append(r["epoch"]),
                     on_result=finished.append)
@@ -198,7 +199,7 @@ def test_exploding_lr_fails_the_trial(trial_cfg, tmp_path: Path) -> None:
 def test_non_finite_loss_names_epoch_and_step(
     trial_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = trial_mod.mixup_losses
+    real = engine_mod.mixup_losses
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -208,7 +209,7 @@ def test_non_finite_loss_names_epoch_and_step(
             out = {**out, "loss": out["loss"] * float("nan")}
         return out
 
-    monkeypatch.setattr(trial_mod, "mixup_losses", poisoned)
+    monkeypatch.setattr(engine_mod, "mixup_losses", poisoned)
     cfg = trial_cfg(model={"width": 4}, train={"epochs": 3}, linearity={"probes": 16, "every": 1})
     res = run_trial(cfg, tmp_path / "t")
     assert res["status"] == "failed"
@@ -216,3 +217,46 @@ def test_non_finite_loss_names_epoch_and_step(
     # epoch 1 finished and stays recorded; the failed epoch is not
     assert res["epochs_done"] == 1
     assert [r["epoch"] for r in read_jsonl(TrialPaths(tmp_path / "t").metrics)] == [0, 1]
+
+
+def test_run_trial_trains_on_the_data_it_is_given(trial_cfg, tmp_path: Path) -> None:
+    """``data=``: the trial trains and evaluates on your dataset, not the config's."""
+    from mixsweep.data.datasets import synthetic
+
+    data = synthetic(n_train=96, n_test=40, classes=3, size=8, seed=1)  # digits: 1437 train
+    cfg = trial_cfg(model={"width": 4}, train={"epochs": 1, "batch_size": 32},
+                    linearity={"probes": 16})
+    res = run_trial(cfg, tmp_path / "t", data=data)
+    assert res["status"] == "completed"
+    assert res["steps_per_epoch"] == 3 and res["steps"] == 3  # ceil(96 / 32), not digits' 45
+    eng = trial_mod.Engine(cfg, "cpu", data=data)
+    assert eng.data is data and eng.model(eng.probes[:2]).shape == (2, 3)
+
+
+def test_engine_is_the_public_door_for_a_few_timed_steps(trial_cfg) -> None:
+    """``Engine.train_epoch(limit=)`` runs that many steps and adds their seconds."""
+    eng = trial_mod.Engine(trial_cfg(model={"width": 4}, linearity={"probes": 16}))
+    assert eng.device == torch.device("cpu") and eng.step == 0 and eng.train_seconds == 0
+    losses = eng.train_epoch(1, limit=2)
+    assert eng.step == 2 and eng.train_seconds > 0
+    assert set(losses) == {"train_loss", "train_sup", "train_unsup"}
+    assert math.isfinite(losses["train_loss"])
+
+
+def test_provenance_names_the_software_that_made_the_number() -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    prov = trial_mod.provenance(torch.device("cpu"))
+    for pkg in ("torchvision", "ray", "wandb", "numpy", "ffcv"):
+        try:
+            want = version(pkg)
+        except PackageNotFoundError:
+            want = None
+        assert prov[pkg] == want, pkg
+    assert prov["torch"] == torch.__version__
+    assert prov["cuda"] == torch.version.cuda
+    assert prov["cudnn"] == (torch.backends.cudnn.version() if torch.backends.cudnn.is_available()
+                             else None)
+    assert prov["nvidia_driver"] is None and prov["device"] == "cpu"  # no driver asked off CUDA
+    assert {"mixsweep", "python", "git_commit", "host"} <= set(prov)
+    assert trial_mod.package_version("no-such-distribution-mixsweep") is None

@@ -18,7 +18,7 @@ from mixsweep.data.errors import DataError
 _WHERE = {
     "ArrayDataset": "mixsweep.data.datasets",
     "load_dataset": "mixsweep.data.datasets",
-    "Batch": "mixsweep.data.loaders",
+    "Batch": "mixsweep.data.base",
     "make_loader": "mixsweep.data.loaders",
     "Split": "mixsweep.data.split",
     "labeled_split": "mixsweep.data.split",

@@ -12,7 +12,7 @@ the consistency modes). Its traversal order is replaced by the epoch's index
 streams (``epoch_streams``), so the labeled subset and the example order are
 those of the memory loader. FFCV decodes and batches in its own threads; the
 random crop (zero pad) + flip is then applied to the uint8 batch on the
-training device by the memory loader's own ``crop_flip``, drawn from the same
+training device by the loaders' shared ``base.crop_flip``, drawn from the same
 generators. With the same seed the two loaders therefore give identical
 batches; FFCV's value is the decode/IO pipeline for data that does not fit
 in device memory.
@@ -32,16 +32,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mixsweep.data.datasets import ArrayDataset, DataError
-from mixsweep.data.loaders import (
+from mixsweep.data.base import (
     Batch,
     LoaderBase,
     Normalize,
     crop_flip,
     crop_flip_params,
+    default_workers,
     epoch_generator,
     epoch_streams,
 )
+from mixsweep.data.datasets import ArrayDataset, DataError
 from mixsweep.data.split import Split
 
 INSTALL_HINT = (
@@ -145,8 +146,6 @@ class FfcvLoader(LoaderBase):
         from ffcv.reader import Reader
         from ffcv.transforms import Squeeze, ToTensor
 
-        from mixsweep.data.torch_loader import default_workers
-
         super().__init__(
             data, split, batch_size, device, augment=augment, unlabeled=unlabeled, seed=seed
         )
@@ -164,12 +163,15 @@ class FfcvLoader(LoaderBase):
                             f"{len(data.train_y)}: re-run mixsweep data prepare")
         self.n = self.steps_per_epoch * batch_size
         self._cache: dict[int, tuple] = {}
+        # the trial's share of the node (cpus_per_trial, via make_loader), like the torch
+        # loader's workers; FFCV needs at least one thread
+        self.num_workers = max(1, default_workers() if num_workers is None else num_workers)
         pipelines = {"image": [NDArrayDecoder(), ToTensor()],
                      "label": [IntDecoder(), ToTensor(), Squeeze()]}
         self.loaders = []
         for stream in range(1 + unlabeled):
             ld = Loader(str(path), batch_size=batch_size,
-                        num_workers=num_workers or default_workers(),
+                        num_workers=self.num_workers,
                         order=OrderOption.SEQUENTIAL, indices=self._stream(0, stream),
                         pipelines=pipelines, drop_last=False, os_cache=True)
             ld.traversal_order = _EpochOrder(lambda e, s=stream: self._stream(e, s))

@@ -15,26 +15,24 @@ workers, on which worker gets which batch, or on resuming mid-run.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from mixsweep.data.base import (
+    Batch,
+    LoaderBase,
+    Normalize,
+    default_workers,
+    epoch_generator,
+    epoch_streams,
+)
 from mixsweep.data.datasets import ArrayDataset
-from mixsweep.data.loaders import Batch, LoaderBase, Normalize, epoch_generator, epoch_streams
 from mixsweep.data.split import Split
 
 _SEED_STREAM = 3  # epoch_generator stream of the per-example augmentation seeds
-
-
-def default_workers() -> int:
-    """One worker per core this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def build_transform(data: ArrayDataset, augment: bool) -> v2.Transform | None:
