@@ -134,10 +134,10 @@ def trial_values(data: ReportData, epoch: int | None) -> pd.DataFrame:
     """One row per completed or failed trial: ``end.L``/``early.L``/``target.L`` NL (NaN for
     failed), ``final_acc``, and ``ett``, the epochs to target with not-reached and failed
     counted as ``train.epochs + 1`` (``censored`` says which)."""
-    done = trial_frame(data, epoch)
-    failed = data.results[data.results["status"] == "failed"]
-    frame = pd.concat([done, failed], ignore_index=True) if len(failed) else done
+    frame = trial_frame(data, epoch).reset_index(drop=True)  # completed and failed trials
     failed_mask = frame["status"].eq("failed")
+    nl_cols = [c for c in frame.columns if c.split(".", 1)[0] in ("end", "early", "target")]
+    frame.loc[failed_mask, nl_cols] = math.nan  # a diverged network's NL is no measurement
     budget = pd.to_numeric(frame.get("train.epochs"), errors="coerce")
     ett = pd.to_numeric(frame["epochs_to_target"], errors="coerce")
     reached = frame["reached_target"].map(truthy) & ett.notna() & ~failed_mask
