@@ -22,11 +22,13 @@ the sbatch script turns its time-limit warning (USR1) into a TERM.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,8 +220,13 @@ def _epochs_done(paths: SweepPaths, trials: list[TrialConfig]) -> dict[str, int]
 def _run_on_ray(spec: SweepSpec, paths: SweepPaths, todo: list[TrialConfig], sweep_root: Path,
                 mode: str, counts: _Counts, reroute: Callable[[], None], *,
                 ray_address: str | None, max_concurrent: int | None, num_cpus: int | None,
-                expect_nodes: int, join_timeout: float, say: Say) -> None:
-    """Start or join Ray, check that a trial fits a node, run the Tuner (inside ray_output.to_log)."""
+                expect_nodes: int, join_timeout: float, say: Say,
+                trainable: Callable[[dict[str, Any]], None] = _trainable) -> None:
+    """Start or join Ray, check that a trial fits a node, run the Tuner (inside ray_output.to_log).
+
+    ``trainable``: the trial function (the bench mode, ``run_trivial_sweep``, swaps in a
+    trivial one; everything else is the launch's own set-up).
+    """
     need = placement.Need.of(spec, todo)
     if ray_address:
         gcs = init_ray(ray_address)
@@ -238,7 +245,8 @@ def _run_on_ray(spec: SweepSpec, paths: SweepPaths, todo: list[TrialConfig], swe
     if stop.requested():
         return
     try:
-        grid = _tuner(spec, paths, todo, sweep_root, mode, max_concurrent, counts).fit()
+        grid = _tuner(spec, paths, todo, sweep_root, mode, max_concurrent, counts,
+                      trainable=trainable).fit()
         _record_errors(paths, grid)
     except Exception:
         _raise_disk_error(sweep_root)  # Ray's own files cut short by a full disk, ...
@@ -259,18 +267,16 @@ def _raise_disk_error(root: Path) -> None:
 
 
 def _tuner(spec: SweepSpec, paths: SweepPaths, todo: list[TrialConfig], sweep_root: Path,
-           wandb_mode: str, max_concurrent: int | None, counts: _Counts) -> tune.Tuner:
+           wandb_mode: str, max_concurrent: int | None, counts: _Counts,
+           trainable: Callable[[dict[str, Any]], None] = _trainable) -> tune.Tuner:
     res = spec.resources
     common = {
         "sweep": spec.name, "sweep_id": paths.sweep_id(), "sweep_root": str(sweep_root),
         "cpus": res.cpus_per_trial, "wandb_mode": wandb_mode,
         "wandb_project": spec.tracking.wandb.project, "wandb_entity": spec.tracking.wandb.entity,
     }
-    trainable = tune.with_resources(
-        _trainable, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
-    )
     return tune.Tuner(
-        trainable,
+        tune.with_resources(trainable, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}),
         param_space={
             **common,
             "trial": tune.grid_search([c.model_dump(mode="json") for c in todo]),
@@ -309,3 +315,116 @@ def error_summary(err: BaseException, limit: int = 400) -> str:
     lines = [ln for ln in lines if ln and not ln.startswith("For further information")]
     text = f"{type(cause).__name__}: " + " | ".join(lines[-4:]) if lines else type(cause).__name__
     return text[:limit]
+
+
+# --------------------------------------------------------------------------- bench mode
+
+
+@dataclass(frozen=True)
+class TrivialRun:
+    """What ``run_trivial_sweep`` measured (seconds; ``state_saves``: Tune's experiment-state
+    saves, ``TuneController.checkpoint`` calls that wrote, and their time in all)."""
+
+    trials: int
+    trials_ok: int
+    init_seconds: float
+    fit_seconds: float
+    state_saves: int
+    state_save_seconds: float
+
+
+def _trivial_trainable(config: dict[str, Any]) -> None:
+    """The bench mode's trial: reports epochs 0..train.epochs with fake metrics, as
+    ``_trainable`` does, but with no dataset, model, store or W&B."""
+    cfg = TrialConfig.model_validate(config["trial"])
+    for epoch in range(cfg.train.epochs + 1):
+        tune.report({"epoch": epoch, "test_acc": 0.1 + epoch / 100, "trial_id": cfg.trial_id})
+
+
+@contextlib.contextmanager
+def _timed_state_saves() -> Iterator[list[float]]:
+    """Time each experiment-state save of Tune's controller (the bench only): the list
+    gets the seconds of every ``TuneController.checkpoint`` call that saved."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    original, times = TuneController.checkpoint, []
+
+    def timed(self: Any, *args: Any, **kwargs: Any) -> None:
+        before = self._checkpoint_manager._last_save_time
+        t = time.perf_counter()
+        original(self, *args, **kwargs)
+        if self._checkpoint_manager._last_save_time != before:  # throttled calls do nothing
+            times.append(time.perf_counter() - t)
+
+    TuneController.checkpoint = timed
+    try:
+        yield times
+    finally:
+        TuneController.checkpoint = original
+
+
+def run_trivial_sweep(spec: SweepSpec, trials: list[TrialConfig], *,
+                      num_cpus: int | None = None, progress: Progress | None = None) -> TrivialRun:
+    """``run_sweep``'s driver (its Tuner, callbacks, failure handling, storage, Tune
+    settings) over ``trials`` with a trivial trainable: a measure of Tune's own cost.
+
+    Nothing is skipped as finished and no results table is written; Ray's output goes to
+    runs/<sweep>/launch.log as in a launch; ``progress`` gets the live counts.
+    """
+    paths = SweepPaths.of(spec.runs_dir, spec.name)
+    sweep_root = paths.root.resolve()
+    counts = _Counts(len(trials), 0, progress, epochs_total=sum(t.train.epochs for t in trials))
+    previous = signal.getsignal(signal.SIGTERM)
+    t0 = time.perf_counter()
+    with ray_output.to_log(sweep_root / ray_output.LOG_NAME) as reroute, \
+            _timed_state_saves() as saves:
+        try:
+            init_ray(None, num_cpus or placement.local_cpus(), None)
+            reroute()
+            t1 = time.perf_counter()
+            _run_on_ray(spec, paths, trials, sweep_root, "disabled", counts, reroute,
+                        ray_address=None, max_concurrent=None, num_cpus=num_cpus,
+                        expect_nodes=0, join_timeout=0, say=lambda _: None,
+                        trainable=_trivial_trainable)
+            t2 = time.perf_counter()
+        finally:
+            ray.shutdown()
+            signal.signal(signal.SIGTERM, previous)  # init_ray's stop request handler
+    return TrivialRun(trials=len(trials), trials_ok=counts.counts["done"],
+                      init_seconds=t1 - t0, fit_seconds=t2 - t1,
+                      state_saves=len(saves), state_save_seconds=sum(saves))
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int | None = None) -> Iterator[None]:
+    """A plain local Ray for the benchmarks (no dashboard, quiet), shut down on exit."""
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+             **({} if num_cpus is None else {"num_cpus": num_cpus}))
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def run_functions(fn: Callable[[Any], dict[str, Any]], configs: list[Any],
+                  resources: dict[str, float] | None = None, *, name: str = "bench",
+                  reuse_actors: bool = False) -> list[dict[str, Any] | None]:
+    """Call ``fn(config)`` for each config as one Ray Tune trial (inside ``local_ray``);
+    ``fn`` returns its metrics, reported once. The metrics in the order of ``configs``,
+    None for a trial that failed. Tune's console tables go to stderr."""
+
+    def trainable(config: dict[str, Any]) -> None:
+        tune.report({**fn(configs[config["i"]]), "i": config["i"]})
+
+    if resources:
+        trainable = tune.with_resources(trainable, resources)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
+        grid = tune.Tuner(
+            trainable, param_space={"i": tune.grid_search(list(range(len(configs))))},
+            tune_config=tune.TuneConfig(reuse_actors=reuse_actors),
+            run_config=tune.RunConfig(storage_path=tmp, name=name, verbose=0)).fit()
+        out: list[dict[str, Any] | None] = [None] * len(configs)
+        for result in grid:
+            if result.error is None:
+                out[result.metrics["i"]] = result.metrics
+    return out
