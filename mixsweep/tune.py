@@ -35,6 +35,7 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.search import Searcher
 
 from mixsweep import placement, ray_output, stop
 from mixsweep.ray_access import init_ray, wait_for_nodes
@@ -245,12 +246,32 @@ def _run_on_ray(spec: SweepSpec, paths: SweepPaths, todo: list[TrialConfig], swe
     if stop.requested():
         return
     try:
-        grid = _tuner(spec, paths, todo, sweep_root, mode, max_concurrent, counts,
-                      trainable=trainable).fit()
+        with _tune_settings():
+            grid = _tuner(spec, paths, todo, sweep_root, mode, max_concurrent, counts,
+                          trainable=trainable).fit()
         _record_errors(paths, grid)
     except Exception:
         _raise_disk_error(sweep_root)  # Ray's own files cut short by a full disk, ...
         raise
+
+
+# Tune's own settings for large grids (issue 18), where the environment does not set them.
+# Tune's default loggers write progress.csv, result.json, params.* and TensorBoard events
+# per trial and keep files open per running trial; mixsweep's store has its own per-trial
+# files, nothing reads Tune's, and resume never uses Tuner.restore.
+TUNE_SETTINGS = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+
+
+@contextlib.contextmanager
+def _tune_settings() -> Iterator[None]:
+    """TUNE_SETTINGS in os.environ (Tune reads them there) unless set; restored after."""
+    added = {k: v for k, v in TUNE_SETTINGS.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def _raise_disk_error(root: Path) -> None:
@@ -277,12 +298,10 @@ def _tuner(spec: SweepSpec, paths: SweepPaths, todo: list[TrialConfig], sweep_ro
     }
     return tune.Tuner(
         tune.with_resources(trainable, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}),
-        param_space={
-            **common,
-            "trial": tune.grid_search([c.model_dump(mode="json") for c in todo]),
-        },
+        param_space=common,
         tune_config=tune.TuneConfig(
-            num_samples=1, max_concurrent_trials=max_concurrent or res.max_concurrent,
+            search_alg=_Trials([c.model_dump(mode="json") for c in todo]),
+            num_samples=len(todo), max_concurrent_trials=max_concurrent or res.max_concurrent,
             # a new worker process per trial costs ~2.5 s each on 2 cores; reused: ~0.2 s
             reuse_actors=True,
             trial_name_creator=_trial_name,
@@ -296,6 +315,33 @@ def _tuner(spec: SweepSpec, paths: SweepPaths, todo: list[TrialConfig], sweep_ro
             verbose=0,
         ),
     )
+
+
+class _Trials(Searcher):
+    """Hands Tune the sweep's trials one by one, as ``{"trial": config}``.
+
+    Not ``tune.grid_search`` over the configs: for each variant of a grid Tune deep-copies
+    the whole space, the grid's list included, so n trials cost O(n^2) before any starts
+    (400 trials: 15 s, 2,000: several minutes on 2 cores); here each trial costs one copy.
+    """
+
+    def __init__(self, configs: list[dict[str, Any]]):
+        super().__init__()
+        self.configs, self.given = configs, 0
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
+                              **spec: Any) -> bool:
+        return True  # no metric to optimize: every trial runs
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        if self.given >= len(self.configs):
+            return Searcher.FINISHED
+        self.given += 1
+        return {"trial": self.configs[self.given - 1]}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        pass
 
 
 def _record_errors(paths: SweepPaths, grid: Any) -> None:
