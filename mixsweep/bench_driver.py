@@ -109,6 +109,9 @@ def driver(quick: bool, log: Log, sizes: tuple[int, ...] | None = None,
     a, b = out[f"trials_{small}"], out[f"trials_{large}"]
     ratio = b["overhead_seconds_per_trial"] / max(a["overhead_seconds_per_trial"], 1e-9)
     out["overhead_ratio"] = round(ratio, 3)
+    # the cost of one more trial, without the fixed start (worker processes, first save)
+    out["marginal_seconds_per_trial"] = round(
+        (b["fit_seconds"] - a["fit_seconds"]) / max(large - small, 1), 4)
     out["meets_targets"] = {
         "overhead_ratio": ratio <= TARGETS["overhead_ratio"],
         "rss_mb": max(b["driver_rss_mb_peak"], a["driver_rss_mb_peak"]) < TARGETS["rss_mb"],
