@@ -91,6 +91,7 @@ def measure(n_trials: int, *, epochs: int = EPOCHS, num_cpus: int = 2) -> dict[s
         "driver_rss_mb_peak": round(mem.peak, 1),
         "state_saves": run.state_saves,
         "state_save_seconds": round(run.state_save_seconds, 3),
+        "state_write_seconds": round(run.state_write_seconds, 3),
         "state_save_share": round(run.state_save_seconds / run.fit_seconds, 4),
     }
 

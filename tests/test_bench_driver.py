@@ -18,6 +18,7 @@ def test_trivial_sweep_returns_finite_figures():
     assert res["trials"] == res["trials_ok"] == 3
     assert res["reports_per_trial"] == 3
     assert res["state_saves"] >= 1  # Tune saves its state at least once, at the end
+    assert res["state_write_seconds"] <= res["state_save_seconds"]
     for key in ("fit_seconds", "overhead_seconds_per_trial", "state_save_seconds",
                 "state_save_share", "driver_rss_mb_start", "driver_rss_mb_end",
                 "driver_rss_mb_peak"):
