@@ -10,14 +10,13 @@ part (``bench_gpu.py``) runs where CUDA is present; with ``--quick`` and no
 CUDA it runs the same code on the CPU as a smoke test. What the parts share
 (data, timing sync, the engine builder) is ``bench_common.py``.
 
-Ray is imported only inside ``scheduler()`` (a measurement of Ray Tune
-itself); the sweep integration is ``tune.py``.
+Ray is imported only by ``tune.py``, ``tune_bench.py`` and ``ray_access.py``: ``scheduler()``
+runs its trials through ``tune.run_functions``; the ``driver`` part
+(``bench_driver.py``) measures the launch's own Tuner at scale.
 """
 
 from __future__ import annotations
 
-import contextlib
-import sys
 import tempfile
 import time
 from typing import Any
@@ -35,7 +34,7 @@ from mixsweep.linearity import layer_stats
 from mixsweep.models import build_model
 from mixsweep.spec import LinearityConfig
 
-PARTS = ("loader", "trainer", "nonlinearity", "scheduler", "gpu", "store")
+PARTS = ("loader", "trainer", "nonlinearity", "scheduler", "driver", "gpu", "store")
 
 # default sizes (about 5 minutes on 2 busy cores) and --quick sizes (a smoke run)
 SIZES = {
@@ -164,8 +163,7 @@ def _trivial(config: dict[str, Any]) -> dict[str, Any]:
 
 def scheduler(quick: bool, log: Log) -> dict[str, Any]:
     """N trivial trials through Ray Tune vs the same function called in a loop."""
-    import ray
-    from ray import tune
+    from mixsweep.tune_bench import local_ray, run_functions
 
     n = SIZES[quick]["trials"]
     t = time.perf_counter()
@@ -173,26 +171,14 @@ def scheduler(quick: bool, log: Log) -> dict[str, Any]:
         _trivial({"i": i})
     loop_s = time.perf_counter() - t
 
-    def trainable(config):
-        tune.report(_trivial(config))
-
     t = time.perf_counter()
-    ray.init(num_cpus=default_workers(), include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    init_s = time.perf_counter() - t
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            t = time.perf_counter()
-            # reuse_actors as in mixsweep.tune (a fresh process per trial is the costly part)
-            tuner = tune.Tuner(trainable, param_space={"i": tune.grid_search(list(range(n)))},
-                               tune_config=tune.TuneConfig(reuse_actors=True),
-                               run_config=tune.RunConfig(storage_path=tmp, name="bench", verbose=0))
-            with contextlib.redirect_stdout(sys.stderr):  # Tune's tables would break --json
-                results = tuner.fit()
-            tune_s = time.perf_counter() - t
-            ok = sum(r.error is None for r in results)
-    finally:
-        ray.shutdown()
+    with local_ray(default_workers()):
+        init_s = time.perf_counter() - t
+        t = time.perf_counter()
+        # reuse_actors as in mixsweep.tune (a fresh process per trial is the costly part)
+        results = run_functions(_trivial, [{"i": i} for i in range(n)], reuse_actors=True)
+        tune_s = time.perf_counter() - t
+    ok = sum(r is not None for r in results)
     out = {"trials": n, "trials_ok": ok, "ray_init_seconds": round(init_s, 2),
            "tune_seconds_per_trial": round(tune_s / n, 3),
            "loop_seconds_per_trial": round(loop_s / n, 6),
@@ -215,6 +201,10 @@ def run_bench(quick: bool = False, parts: list[str] | None = None, log: Log = pr
         res["nonlinearity"] = nonlinearity(quick, log, res["trainer"])
     if "scheduler" in parts:
         res["scheduler"] = scheduler(quick, log)
+    if "driver" in parts:
+        from mixsweep.bench_driver import driver
+
+        res["driver"] = driver(quick, log)
     if "gpu" in parts:
         if torch.cuda.is_available():
             res["gpu"] = gpu_bench(quick, log)

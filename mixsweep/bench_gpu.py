@@ -25,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from typing import Any
@@ -170,9 +168,7 @@ def small_batch(sz: dict[str, Any], log: Log, device: torch.device) -> dict[str,
     return out
 
 
-def _pack_trial(config: dict[str, Any]) -> None:
-    from ray import tune
-
+def _pack_trial(config: dict[str, Any]) -> dict[str, Any]:
     sz = config["sizes"]
     device = torch.device("cuda" if config["cuda"] else "cpu")
     run = engine(cifar_like(sz["images"]), device, arch=sz["arch"], batch=sz["small"],
@@ -180,29 +176,21 @@ def _pack_trial(config: dict[str, Any]) -> None:
     run.train_epoch(0)  # warm-up and capture
     t0 = time.time()
     run.train_epoch(1)
-    tune.report({"images": run.steps_per_epoch * sz["small"], "t0": t0, "t1": time.time()})
+    return {"images": run.steps_per_epoch * sz["small"], "t0": t0, "t1": time.time()}
 
 
 def packing(sz: dict[str, Any], log: Log, device: torch.device, one_eager: float) -> dict[str, Any]:
-    import ray
-    from ray import tune
+    from mixsweep.tune_bench import local_ray, run_functions
 
     cuda = device.type == "cuda"
     out: dict[str, Any] = {"images_per_trial": sz["images"], "batch": sz["small"],
                            "setup": f"{sz['arch']}, train.cuda_graphs, memory loader"}
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
-             **({} if cuda else {"num_cpus": max(sz["pack"])}))
-    try:
+    with local_ray(None if cuda else max(sz["pack"])):
         for k in sz["pack"]:
-            with tempfile.TemporaryDirectory() as tmp:
-                res = {"cpu": 1, "gpu": 1 / k} if cuda else {"cpu": 1}
-                trainable = tune.with_resources(_pack_trial, res)
-                space = {"sizes": {**sz, "pack": list(sz["pack"])}, "cuda": cuda,
-                         "i": tune.grid_search(list(range(k)))}
-                with contextlib.redirect_stdout(sys.stderr):  # keep stdout pure JSON
-                    results = tune.Tuner(trainable, param_space=space, run_config=tune.RunConfig(
-                        storage_path=tmp, name=f"pack{k}", verbose=0)).fit()
-                rows = [r.metrics for r in results if r.error is None]
+            res = {"cpu": 1, "gpu": 1 / k} if cuda else {"cpu": 1}
+            config = {"sizes": {**sz, "pack": list(sz["pack"])}, "cuda": cuda}
+            rows = [r for r in run_functions(_pack_trial, [config] * k, res, name=f"pack{k}")
+                    if r is not None]
             if len(rows) < k:
                 out[f"trials_{k}"] = {"error": f"{k - len(rows)} of {k} trials failed"}
                 continue
@@ -210,8 +198,6 @@ def packing(sz: dict[str, Any], log: Log, device: torch.device, one_eager: float
             agg = sum(r["images"] for r in rows) / span
             out[f"trials_{k}"] = {"aggregate_images_per_s": round(agg)}
             log(f"gpu packing {k} per {'GPU' if cuda else 'CPU run'}: {agg:.0f} images/s aggregate")
-    finally:
-        ray.shutdown()
     aggs = {k: out[f"trials_{k}"]["aggregate_images_per_s"] for k in sz["pack"]
             if "aggregate_images_per_s" in out[f"trials_{k}"]}
     if aggs:

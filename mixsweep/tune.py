@@ -8,6 +8,12 @@ too), and ``FailureConfig(max_failures)`` retries a crashed trial, which then
 continues from its last finished epoch. (Tuner.restore alone brings back the
 checkpoints of only some trials; per-trial checkpoints make resume exact.)
 
+At scale (issue 18; ``mixsweep bench --only driver`` measures it): the trials reach
+Tune through a Searcher (``_Trials``), not a grid over their configs, which Tune
+copies whole per trial (O(n^2)); Tune's per-trial logger files are off
+and its experiment state is saved every 300 s, not its "auto" period
+(``TUNE_SETTINGS``): resume never reads that state.
+
 Before anything runs, a sweep whose trials fit no node stops with one line
 (mixsweep.placement); Ray's own output goes to runs/<sweep>/launch.log
 (mixsweep.ray_output); a local Ray is private and a cluster is joined within a
@@ -22,17 +28,20 @@ the sbatch script turns its time-limit warning (USR1) into a TERM.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.search import Searcher
 
 from mixsweep import placement, ray_output, stop
 from mixsweep.ray_access import init_ray, wait_for_nodes
@@ -218,8 +227,13 @@ def _epochs_done(paths: SweepPaths, trials: list[TrialConfig]) -> dict[str, int]
 def _run_on_ray(spec: SweepSpec, paths: SweepPaths, todo: list[TrialConfig], sweep_root: Path,
                 mode: str, counts: _Counts, reroute: Callable[[], None], *,
                 ray_address: str | None, max_concurrent: int | None, num_cpus: int | None,
-                expect_nodes: int, join_timeout: float, say: Say) -> None:
-    """Start or join Ray, check that a trial fits a node, run the Tuner (inside ray_output.to_log)."""
+                expect_nodes: int, join_timeout: float, say: Say,
+                trainable: Callable[[dict[str, Any]], None] = _trainable) -> None:
+    """Start or join Ray, check that a trial fits a node, run the Tuner (inside ray_output.to_log).
+
+    ``trainable``: the trial function (the bench mode, ``run_trivial_sweep``, swaps in a
+    trivial one; everything else is the launch's own set-up).
+    """
     need = placement.Need.of(spec, todo)
     if ray_address:
         gcs = init_ray(ray_address)
@@ -238,11 +252,36 @@ def _run_on_ray(spec: SweepSpec, paths: SweepPaths, todo: list[TrialConfig], swe
     if stop.requested():
         return
     try:
-        grid = _tuner(spec, paths, todo, sweep_root, mode, max_concurrent, counts).fit()
+        with _tune_settings():
+            grid = _tuner(spec, paths, todo, sweep_root, mode, max_concurrent, counts,
+                          trainable=trainable).fit()
         _record_errors(paths, grid)
     except Exception:
         _raise_disk_error(sweep_root)  # Ray's own files cut short by a full disk, ...
         raise
+
+
+# Tune's own settings for large grids (issue 18), where the environment does not set them.
+# Loggers off: Tune's default loggers write progress.csv, result.json, params.* and
+# TensorBoard events per trial and keep files open per running trial; mixsweep's store
+# has its own per-trial files and nothing reads Tune's. Experiment state every 300 s: a
+# save writes every trial's state (2,000 trials: ~2 s each on 2 cores), and Tune's "auto"
+# period (10 s at first) spent ~10 % of a 2,000-trial run on it; the state serves only
+# Tuner.restore, which resume never uses (the store is the truth), and Tune still saves
+# it at the end and when it stops.
+TUNE_SETTINGS = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_GLOBAL_CHECKPOINT_S": "300"}
+
+
+@contextlib.contextmanager
+def _tune_settings() -> Iterator[None]:
+    """TUNE_SETTINGS in os.environ (Tune reads them there) unless set; restored after."""
+    added = {k: v for k, v in TUNE_SETTINGS.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def _raise_disk_error(root: Path) -> None:
@@ -259,24 +298,20 @@ def _raise_disk_error(root: Path) -> None:
 
 
 def _tuner(spec: SweepSpec, paths: SweepPaths, todo: list[TrialConfig], sweep_root: Path,
-           wandb_mode: str, max_concurrent: int | None, counts: _Counts) -> tune.Tuner:
+           wandb_mode: str, max_concurrent: int | None, counts: _Counts,
+           trainable: Callable[[dict[str, Any]], None] = _trainable) -> tune.Tuner:
     res = spec.resources
     common = {
         "sweep": spec.name, "sweep_id": paths.sweep_id(), "sweep_root": str(sweep_root),
         "cpus": res.cpus_per_trial, "wandb_mode": wandb_mode,
         "wandb_project": spec.tracking.wandb.project, "wandb_entity": spec.tracking.wandb.entity,
     }
-    trainable = tune.with_resources(
-        _trainable, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}
-    )
     return tune.Tuner(
-        trainable,
-        param_space={
-            **common,
-            "trial": tune.grid_search([c.model_dump(mode="json") for c in todo]),
-        },
+        tune.with_resources(trainable, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial}),
+        param_space=common,
         tune_config=tune.TuneConfig(
-            num_samples=1, max_concurrent_trials=max_concurrent or res.max_concurrent,
+            search_alg=_Trials([c.model_dump(mode="json") for c in todo]),
+            num_samples=len(todo), max_concurrent_trials=max_concurrent or res.max_concurrent,
             # a new worker process per trial costs ~2.5 s each on 2 cores; reused: ~0.2 s
             reuse_actors=True,
             trial_name_creator=_trial_name,
@@ -290,6 +325,40 @@ def _tuner(spec: SweepSpec, paths: SweepPaths, todo: list[TrialConfig], sweep_ro
             verbose=0,
         ),
     )
+
+
+class _Trials(Searcher):
+    """Hands Tune the sweep's trials one by one, as ``{"trial": config}``.
+
+    Not ``tune.grid_search`` over the configs: for each variant of a grid Tune deep-copies
+    the whole space, the grid's list included, so n trials cost O(n^2) before any starts
+    (400 trials: 15 s, 2,000: several minutes on 2 cores); here each trial costs one copy.
+    """
+
+    def __init__(self, configs: list[dict[str, Any]]):
+        super().__init__()
+        self.configs, self.given = configs, 0
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
+                              **spec: Any) -> bool:
+        return True  # no metric to optimize: every trial runs
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        if self.given >= len(self.configs):
+            return Searcher.FINISHED
+        self.given += 1
+        return {"trial": self.configs[self.given - 1]}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        pass
+
+    # Tune saves its search state with its experiment state: a count, not the list
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps({"given": self.given}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.given = int(json.loads(Path(checkpoint_path).read_text())["given"])
 
 
 def _record_errors(paths: SweepPaths, grid: Any) -> None:
