@@ -302,6 +302,7 @@ def compare(
     contrast: Annotated[str, typer.Option(help="AXIS=A:B, e.g. mixup.mode=sup:erm (axes as for report --by): A minus B per cell of the other axes.")],
     out: Annotated[Path, typer.Option(help="Folder for compare.md, compare.csv, forest.html (+ PNGs).")] = Path("compare"),
     early_epoch: Annotated[int | None, typer.Option(min=1, help="The early epoch of the NL contrast (default: linearity.every).")] = None,
+    layers: Annotated[str | None, typer.Option(help="Compare only these layers, comma-separated (e.g. mid,probs: the endpoints you chose before looking); the correction then covers fewer intervals (default: every layer and mid).")] = None,
 ) -> None:
     """Contrast two values of one axis: differences with Bonferroni-adjusted 95% intervals and verdicts.
 
@@ -311,7 +312,8 @@ def compare(
     from mixsweep.report import ReportError
 
     try:
-        done = write_compare(run_dirs, contrast, out, early_epoch=early_epoch)
+        done = write_compare(run_dirs, contrast, out, early_epoch=early_epoch,
+                             layers=[x.strip() for x in layers.split(",") if x.strip()] if layers else None)
     except ReportError as err:
         raise UsageError(str(err)) from None
     shown = done.table["verdict"].str.startswith(done.contrast.a).sum()

@@ -85,7 +85,7 @@ def _not_finished(data, c: Contrast) -> list[str]:
 
 
 def write_compare(run_dirs: list[Path], contrast: str, out_dir: Path, *, early_epoch: int | None = None,
-                  png: bool = True) -> Compared:
+                  png: bool = True, layers: list[str] | None = None) -> Compared:
     """Write compare.md, compare.csv, forest.html (+ PNGs) into ``out_dir``; return the table.
     Raises :class:`ReportError` (or its :class:`ContrastError`) for input it cannot use."""
     from mixsweep import contrast_plot
@@ -94,7 +94,7 @@ def write_compare(run_dirs: list[Path], contrast: str, out_dir: Path, *, early_e
     if (out_dir.exists() or out_dir.is_symlink()) and not out_dir.is_dir():
         raise ContrastError(f"--out {out_dir} is a file, not a folder: give a folder for the outputs")
     data = load([Path(d) for d in run_dirs], by=None)  # a ReportError says what is wrong
-    c, table = contrast_table(data, contrast, early_epoch)
+    c, table = contrast_table(data, contrast, early_epoch, layers=layers)
     notes = list(data.notes) + _not_finished(data, c)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = Compared(c, table, notes=notes)

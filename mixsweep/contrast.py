@@ -216,10 +216,24 @@ def _moments(epoch: int | None) -> list[tuple[str, str]]:
     return out + [("target", "at target")]
 
 
-def raw_rows(data: ReportData, c: Contrast, epoch: int | None) -> list[dict[str, Any]]:
+def layer_choice(data: ReportData, only: list[str] | None = None) -> list[str]:
+    """The layers compared: every probe layer and ``mid`` (the sanity probe left out), or
+    ``only`` those named; an unknown name raises :class:`ContrastError` listing the known."""
+    known = [x for x in data.layers if x not in SANITY_LAYERS] + [MID]
+    if not only:
+        return known
+    bad = [x for x in only if x not in known]
+    if bad:
+        raise ContrastError(f"--layers: no layer {', '.join(map(repr, bad))} in these runs; "
+                            f"layers: {', '.join(known)}")
+    return [x for x in known if x in only]
+
+
+def raw_rows(data: ReportData, c: Contrast, epoch: int | None,
+             layers: list[str] | None = None) -> list[dict[str, Any]]:
     """Every (cell, metric, moment, layer) contrast before the multiplicity adjustment."""
     frame = trial_values(data, epoch)
-    layers = [x for x in data.layers if x not in SANITY_LAYERS] + [MID]
+    layers = layer_choice(data, layers)
     rows = []
     for label, rows_a, rows_b in cells(frame, c):
         paired = _paired(rows_a, rows_b)
@@ -281,17 +295,19 @@ def adjust(rows: list[dict[str, Any]], c: Contrast, alpha: float = ALPHA) -> pd.
 
 
 def contrast_table(data: ReportData, contrast: str, epoch: int | None = None,
-                   alpha: float = ALPHA) -> tuple[Contrast, pd.DataFrame]:
+                   alpha: float = ALPHA, layers: list[str] | None = None) -> tuple[Contrast, pd.DataFrame]:
     """The contrast's table: one row per cell x metric x moment x layer, with the
     Bonferroni-adjusted interval and the verdict. ``epoch``: the early epoch (default
-    ``linearity.every``). Raises :class:`ContrastError` when nothing can be compared."""
+    ``linearity.every``). ``layers``: compare only these (e.g. ``["mid", "probs"]``, the
+    endpoints declared before looking): a smaller family, so narrower intervals.
+    Raises :class:`ContrastError` when nothing can be compared."""
     c = parse_contrast(contrast, data.results)
     epoch = early_epoch(data) if epoch is None else epoch
     measured = {int(e) for e in data.nl["epoch"]}
     if epoch is not None and epoch not in measured:
         shown = ", ".join(map(str, sorted(measured)[:20])) or "none"
         raise ContrastError(f"--early-epoch {epoch}: no trial measured NL at that epoch; measured: {shown}")
-    rows = raw_rows(data, c, epoch)
+    rows = raw_rows(data, c, epoch, layers)
     if not rows:
         raise ContrastError(f"--contrast {c}: no cell of the other axes holds both {c.a} and {c.b} trials")
     table = adjust(rows, c, alpha)

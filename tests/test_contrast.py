@@ -19,7 +19,7 @@ from mixsweep.contrast import (
     trial_values,
     welch_stats,
 )
-from mixsweep.report import ReportData
+from mixsweep.report_data import ReportData
 
 LAYERS = ["stem_pre", "block1", "block2", "logits", "probs"]
 
@@ -178,3 +178,19 @@ def test_the_interval_covers_at_the_stated_rate():
         lo, hi = interval(*paired_stats(d), 0.05)
         hits += lo <= 0 <= hi
     assert 0.935 < hits / 2000 < 0.965 and not math.isnan(lo)
+
+
+def test_layers_restrict_the_family_and_name_unknown_ones():
+    """--layers mid,probs: only those rows, and the correction covers only them."""
+    data = synthetic({"sup": -0.05}, noise=0.01)
+    _, every = contrast_table(data, "mode=sup:erm")
+    _, some = contrast_table(data, "mode=sup:erm", layers=["mid", "probs"])
+    nl_every, nl_some = (t[(t["metric"] == "NL") & (t["moment"] == "end")] for t in (every, some))
+    assert set(nl_some["layer"]) == {"mid", "probs"} and len(nl_some) < len(nl_every)
+    assert nl_some["family size"].iloc[0] == len(nl_some) < nl_every["family size"].iloc[0]
+    row = nl_some[nl_some["layer"] == "mid"].iloc[0]
+    wide = nl_every[nl_every["layer"] == "mid"].iloc[0]
+    assert row["diff"] == pytest.approx(wide["diff"])  # the same difference, a narrower interval
+    assert row["CI high"] - row["CI low"] < wide["CI high"] - wide["CI low"]
+    with pytest.raises(ContrastError, match="no layer 'nope'.*layers: "):
+        contrast_table(data, "mode=sup:erm", layers=["mid", "nope"])
