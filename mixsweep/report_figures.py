@@ -55,10 +55,31 @@ def _with_cfg(data: ReportData, frame: pd.DataFrame) -> pd.DataFrame:
     return _add_row(data, out)
 
 
+def _labels(values: pd.Series, label: Any) -> list[str]:
+    """``[label(v) for v in values]``, calling ``label`` once per distinct value (an object
+    column, where 1, 1.0 and True would count as one value, is labelled value by value)."""
+    if values.dtype == object:
+        return [label(v) for v in values]
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    return np.array([label(v) for v in uniques], dtype=object)[codes].tolist()
+
+
+def _dataset_rows(datasets: pd.Series, rows: pd.Series) -> list[str]:
+    """``"<dataset> · <row>"`` (just the dataset where the row is ""), built once per pair."""
+    if datasets.dtype == object or rows.dtype == object:
+        return [f"{d}" + (f" · {r}" if r else "") for d, r in zip(datasets, rows, strict=True)]
+    cd, ud = pd.factorize(datasets, use_na_sentinel=False)
+    cr, ur = pd.factorize(rows, use_na_sentinel=False)
+    n = max(len(ur), 1)
+    pairs, inverse = np.unique(cd.astype(np.int64) * n + cr, return_inverse=True)
+    labels = [f"{ud[p // n]}" + (f" · {ur[p % n]}" if ur[p % n] else "") for p in pairs]
+    return np.array(labels, dtype=object)[inverse.reshape(-1)].tolist()
+
+
 def _add_row(data: ReportData, frame: pd.DataFrame, skip: str | None = None) -> pd.DataFrame:
     frame = frame.copy()
     if data.by and data.by != skip:
-        frame["row"] = [f"{axis_label(data.by)} = {_fmt(v)}" for v in frame[data.by]]
+        frame["row"] = _labels(frame[data.by], lambda v: f"{axis_label(data.by)} = {_fmt(v)}")
     else:
         frame["row"] = ""
     return frame
@@ -114,9 +135,11 @@ def _mean_lines(fig: go.Figure, data: ReportData, frame: pd.DataFrame, x: str, y
             name = _legend_name(mode, sweep, data)
             color = mode_color(mode, data.modes)
             sub = frame[(frame["sweep"] == sweep) & (frame["mixup.mode"] == mode)]
+            # split once: each panel's rows, in frame order (what a boolean mask per panel gives)
+            panels = dict(list(sub.groupby(["row", col_key] if col_key else ["row"], sort=False)))
             for (ri, row), (ci, col) in ((a, b) for a in enumerate(rows) for b in enumerate(cols)):
-                g = sub[(sub["row"] == row) & (sub[col_key] == col)] if col_key else sub[sub["row"] == row]
-                if g.empty:
+                g = panels.get((row, col) if col_key else (row,))
+                if g is None or g.empty:
                     continue
                 agg = g.groupby(x, sort=True)[y].agg(["mean", "std", "count"])
                 if x_order is not None:
@@ -180,7 +203,7 @@ def fig_profile(data: ReportData, which: str = "final") -> go.Figure:
 def fig_nl_epochs(data: ReportData) -> go.Figure:
     """2. NL of each layer over epochs, per mode (rows: dataset x facet row)."""
     frame = _with_cfg(data, data.nl)
-    frame["row"] = [f"{d}" + (f" · {r}" if r else "") for d, r in zip(frame["data.dataset"], frame["row"], strict=True)]
+    frame["row"] = _dataset_rows(frame["data.dataset"], frame["row"])
     rows = list(dict.fromkeys(frame.sort_values(["data.dataset"] + ([data.by] if data.by else []))["row"]))
     layers = [x for x in data.layers if x in set(frame["layer"])]
     fig = _grid(rows or [""], layers, "Nonlinearity of each layer over training", "epoch",

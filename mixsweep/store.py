@@ -18,10 +18,12 @@ keeps working.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from mixsweep.store_index import RowIndex
 from mixsweep.store_io import (
     RESULT_NUMBERS,
     atomic_torch_save,
@@ -69,6 +71,35 @@ def result_row(trial_id: str, config: dict[str, Any], result: dict[str, Any] | N
     return row
 
 
+def _trial_row(sweep: SweepPaths, tid: str, config: dict[str, Any],
+               histories: dict[str, tuple[list[dict[str, Any]], str | None]] | None,
+               curves: bool) -> tuple[dict[str, Any], bool]:
+    """(the row of trial ``tid`` from its folder, whether it came from result.json alone)."""
+    tp = sweep.trial(tid)
+    result, why = tp.read_result_checked(tid)
+    if result and not curves and histories is None:
+        done = result.get("epochs_done")
+        epochs = done if isinstance(done, int) else 0
+        return result_row(tid, config, result, epochs, result["status"]), True
+    history, metrics_why = read_metrics(tp.metrics)
+    if histories is not None:
+        histories[tid] = (history, metrics_why)
+    epochs = history[-1]["epoch"] if history else 0
+    if result:
+        status = result["status"]
+    elif why or metrics_why:
+        status, result = "unreadable", {"reason": why or metrics_why}
+    else:
+        error, error_why = read_json_checked(tp.error)
+        if error is not None or error_why:  # crashed past max_failures in Ray; re-runs on relaunch
+            text = error.get("error") if isinstance(error, dict) else None
+            text = text if isinstance(text, str) else error_why or "error.json holds no error text"
+            status, result = "error", {"reason": text}
+        else:
+            status = "running" if history else "pending"
+    return result_row(tid, config, result, epochs, status), False
+
+
 def collect_rows(sweep: SweepPaths, trials: Iterable[Any],
                  histories: dict[str, tuple[list[dict[str, Any]], str | None]] | None = None,
                  *, curves: bool = True) -> list[dict[str, Any]]:
@@ -79,34 +110,104 @@ def collect_rows(sweep: SweepPaths, trials: Iterable[Any],
     such a trial again from its checkpoint. ``histories``, when given, receives each
     trial's (epoch records, why reading stopped) as read. ``curves=False`` (status) skips
     metrics.jsonl where result.json is valid: ``epochs_done`` then comes from it."""
-    rows = []
-    for cfg in trials:
-        tid = cfg.trial_id  # a hash of the config: computed once
-        tp = sweep.trial(tid)
-        result, why = tp.read_result_checked(tid)
-        if result and not curves and histories is None:
-            done = result.get("epochs_done")
-            epochs = done if isinstance(done, int) else 0
-            rows.append(result_row(tid, cfg.flat(), result, epochs, result["status"]))
-            continue
-        history, metrics_why = read_metrics(tp.metrics)
-        if histories is not None:
-            histories[tid] = (history, metrics_why)
-        epochs = history[-1]["epoch"] if history else 0
-        if result:
-            status = result["status"]
-        elif why or metrics_why:
-            status, result = "unreadable", {"reason": why or metrics_why}
+    # cfg.trial_id: a hash of the config, computed once per config
+    return [_trial_row(sweep, cfg.trial_id, cfg.flat(), histories, curves)[0] for cfg in trials]
+
+
+def _grid(sweep: SweepPaths, cached: bool) -> tuple[str, list[str], list[dict[str, Any]], RowIndex | None]:
+    """(sweep name, trial ids, flat configs, the row index when ``cached``): from the index
+    while spec.yaml is unchanged, else expanded from it (SpecError if it is not a sweep)."""
+    from mixsweep.expand import expand
+    from mixsweep.spec_yaml import load_spec
+
+    try:
+        before = sweep.spec.read_bytes() if cached else None
+    except OSError:  # load_spec says why
+        before = None
+    index = RowIndex(sweep.root, before) if before is not None else None
+    if index is not None and index.grid is not None:
+        return (*index.grid, index)
+    spec = load_spec(sweep.spec)
+    trials = expand(spec)
+    ids, configs = [c.trial_id for c in trials], [c.flat() for c in trials]
+    if index is not None:
+        try:
+            same = sweep.spec.read_bytes() == before  # not replaced while it was read
+        except OSError:
+            same = False
+        if same and all(list(c) == list(configs[0]) for c in configs):
+            index.set_grid(spec.name, ids, configs)
         else:
-            error, error_why = read_json_checked(tp.error)
-            if error is not None or error_why:  # crashed past max_failures in Ray; re-runs on relaunch
-                text = error.get("error") if isinstance(error, dict) else None
-                text = text if isinstance(text, str) else error_why or "error.json holds no error text"
-                status, result = "error", {"reason": text}
-            else:
-                status = "running" if history else "pending"
-        rows.append(result_row(tid, cfg.flat(), result, epochs, status))
+            index = None
+    return spec.name, ids, configs, index
+
+
+def _rows(sweep: SweepPaths, ids: list[str], configs: list[dict[str, Any]], index: RowIndex | None,
+          histories: dict[str, tuple[list[dict[str, Any]], str | None]] | None,
+          curves: bool) -> list[dict[str, Any]]:
+    """collect_rows over ids and flat configs, taking the index's rows still current."""
+    rows = []
+    for tid, config in zip(ids, configs, strict=True):
+        fields = index.row(tid) if index is not None else None
+        if fields is None:
+            row, result_only = _trial_row(sweep, tid, config, histories, curves)
+            if index is not None:
+                index.put(tid, {k: v for k, v in row.items() if k != "trial_id" and k not in config},
+                          result_only)
+        else:  # the same keys in the same order as result_row makes them
+            row = {"trial_id": tid, "status": fields.pop("status"),
+                   "epochs_done": fields.pop("epochs_done"), **config, **fields}
+        rows.append(row)
+    if index is not None:
+        index.save()
     return rows
+
+
+def _native(values: list[Any]) -> Any:
+    """A column as read_csv would type it, for the kinds it parses the same way every time
+    (missing, booleans, numbers); None for the others (text, mixed): those go through CSV."""
+    import numpy as np
+
+    kinds = {type(v) for v in values}
+    nan = float("nan")
+    if kinds <= {type(None)}:
+        return np.full(len(values), nan)
+    if kinds <= {int, float, type(None)} and (float in kinds or type(None) in kinds):
+        return np.array([nan if v is None else v for v in values], dtype=np.float64)
+    if kinds == {int} and all(-(2**63) <= v < 2**63 for v in values):
+        return np.array(values, dtype=np.int64)
+    if kinds == {bool}:
+        return np.array(values, dtype=bool)
+    if kinds == {bool, type(None)}:
+        return np.array([nan if v is None else v for v in values], dtype=object)
+    return None
+
+
+def as_read(rows: list[dict[str, Any]]):
+    """The rows as a DataFrame with the dtypes read_results gives (a CSV round trip). Columns
+    of missing values, booleans and numbers are built directly, as read_csv types them;
+    the others make the round trip (through the csv module, much faster than to_csv)."""
+    import csv
+    import io
+
+    import pandas as pd
+
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    direct = {}
+    for c in cols:
+        arr = _native([r.get(c) for r in rows]) if c != "trial_id" else None
+        if arr is not None:
+            direct[c] = arr
+    text = [c for c in cols if c not in direct]
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(text)
+    out.writerows([r.get(k) for k in text] for r in rows)
+    buf.seek(0)
+    read = pd.read_csv(buf, dtype={"trial_id": str})
+    if not direct:
+        return read
+    return pd.DataFrame({c: direct[c] if c in direct else read[c] for c in cols})
 
 
 def write_results(sweep: SweepPaths, rows: list[dict[str, Any]]) -> None:
@@ -196,33 +297,25 @@ def read_sweep(sweep: SweepPaths,
     Raises StoreError when neither can be read. ``histories`` and ``curves``: as for
     ``collect_rows``.
     """
-    import io
-
-    import pandas as pd
-
-    from mixsweep.expand import expand
     from mixsweep.spec_errors import SpecError
-    from mixsweep.spec_yaml import load_spec
 
     notes: list[str] = []
     try:
-        spec = load_spec(sweep.spec)
-        trials = expand(spec)
+        name, ids, configs, index = _grid(sweep, cached=not curves and histories is None)
     except SpecError as err:
         first = (str(err).splitlines() or ["?"])[0]
         frame = _csv_as_written(sweep, notes, first.replace(f"{sweep.spec}: ", ""))
         return sweep.root.name, frame, notes
-    rows = collect_rows(sweep, trials, histories, curves=curves)
+    rows = _rows(sweep, ids, configs, index, histories, curves)
     notes += _unreadable_notes(rows, sweep.spec)
-    if spec.name != sweep.root.name:
-        notes.append(f"spec.yaml is sweep {spec.name!r}, in folder {sweep.root.name!r} "
+    if name != sweep.root.name:
+        notes.append(f"spec.yaml is sweep {name!r}, in folder {sweep.root.name!r} "
                      "(a moved folder, or another sweep's spec.yaml)")
     if sweep.trials.is_dir():
-        ids = {r["trial_id"] for r in rows}
-        others = [p.name for p in sweep.trials.iterdir() if p.name not in ids and not p.name.startswith(".")]
+        known = set(ids)
+        others = [n for n in os.listdir(sweep.trials) if n not in known and not n.startswith(".")]
         if others:
             notes.append(f"{len(others)} trial folder{'s' if len(others) > 1 else ''} under "
                          f"{sweep.trials} {'are' if len(others) > 1 else 'is'} not in spec.yaml "
                          "(left from an earlier version of the sweep file?): not shown")
-    frame = pd.DataFrame(rows)
-    return spec.name, pd.read_csv(io.StringIO(frame.to_csv(index=False)), dtype={"trial_id": str}), notes
+    return name, as_read(rows), notes
