@@ -15,7 +15,14 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mixsweep.report_data import ReportData, ReportError, axis_label, censored_median, truthy
+from mixsweep.report_data import (
+    ReportData,
+    ReportError,
+    axis_label,
+    censored_median,
+    distinct,
+    truthy,
+)
 
 # Okabe-Ito (colour-blind safe); the same mode has the same colour in every figure.
 MODE_COLORS = {"erm": "#000000", "sup": "#0072B2", "unsup": "#D55E00", "both": "#CC79A7",
@@ -88,7 +95,7 @@ def _add_row(data: ReportData, frame: pd.DataFrame, skip: str | None = None) -> 
 def _rows(frame: pd.DataFrame, data: ReportData) -> list[str]:
     if data.by and data.by in frame and frame["row"].ne("").any():
         order = frame.sort_values(data.by, na_position="first")["row"]
-        return list(dict.fromkeys(order))
+        return distinct(order)
     return [""]
 
 
@@ -169,7 +176,7 @@ def fig_profile(data: ReportData, which: str = "final") -> go.Figure:
                      value_vars=cols_nl, var_name="layer", value_name="nl").dropna(subset=["nl"])
     long["layer"] = long["layer"].str.removeprefix(prefix)
     long = _add_row(data, long)
-    datasets = list(dict.fromkeys(data.done["data.dataset"]))
+    datasets = distinct(data.done["data.dataset"])
     init = _with_cfg(data, data.nl[data.nl["epoch"] == 0])
     rows = _rows(long if not long.empty else init, data) if not (long.empty and init.empty) else [""]
     title = ("Per-layer nonlinearity at the end of training" if which == "final"
@@ -184,7 +191,8 @@ def fig_profile(data: ReportData, which: str = "final") -> go.Figure:
         g = init[(init["row"] == row) & (init["data.dataset"] == ds)]
         if g.empty:
             continue
-        m = g.groupby("layer")["nl"].mean().reindex([x for x in data.layers if x in set(g["layer"])])
+        here = set(distinct(g["layer"]))
+        m = g.groupby("layer")["nl"].mean().reindex([x for x in data.layers if x in here])
         fig.add_trace(go.Scatter(x=list(m.index), y=m.values, mode="lines", name="at init (epoch 0)",
                                  legendgroup="init", showlegend=ri == 0 and ci == 0,
                                  line=dict(color=INIT_COLOR, dash="dot", width=1.8),
@@ -194,7 +202,7 @@ def fig_profile(data: ReportData, which: str = "final") -> go.Figure:
         fig.update_layout(legend_title_text="mode · sweep")
     # each row shows its own layers (cnn depth may differ between rows), in network order
     for ri, row in enumerate(rows):
-        present = set(long.loc[long["row"] == row, "layer"]) | set(init.loc[init["row"] == row, "layer"])
+        present = set(distinct(long.loc[long["row"] == row, "layer"])) | set(distinct(init.loc[init["row"] == row, "layer"]))
         fig.update_xaxes(categoryorder="array", categoryarray=[x for x in data.layers if x in present],
                          row=ri + 1)
     return fig
@@ -204,8 +212,9 @@ def fig_nl_epochs(data: ReportData) -> go.Figure:
     """2. NL of each layer over epochs, per mode (rows: dataset x facet row)."""
     frame = _with_cfg(data, data.nl)
     frame["row"] = _dataset_rows(frame["data.dataset"], frame["row"])
-    rows = list(dict.fromkeys(frame.sort_values(["data.dataset"] + ([data.by] if data.by else []))["row"]))
-    layers = [x for x in data.layers if x in set(frame["layer"])]
+    rows = distinct(frame.sort_values(["data.dataset"] + ([data.by] if data.by else []))["row"])
+    seen = set(distinct(frame["layer"]))
+    layers = [x for x in data.layers if x in seen]
     fig = _grid(rows or [""], layers, "Nonlinearity of each layer over training", "epoch",
                 "nonlinearity NL", row_h=250, spacing=0.035)
     _mean_lines(fig, data, frame, "epoch", "nl", rows, layers, "layer")
@@ -216,7 +225,7 @@ def fig_nl_epochs(data: ReportData) -> go.Figure:
 def fig_acc_epochs(data: ReportData) -> go.Figure:
     """3. Test accuracy over epochs per mode, with the target accuracy dotted."""
     frame = _with_cfg(data, data.history[data.history["epoch"] >= 0])
-    datasets = list(dict.fromkeys(data.done["data.dataset"]))
+    datasets = distinct(data.done["data.dataset"])
     rows = _rows(frame, data)
     fig = _grid(rows, datasets, "Test accuracy over training", "epoch", "test accuracy",
                 row_h=300, shared_y="rows")
@@ -249,8 +258,8 @@ def fig_ett(data: ReportData, axis: str) -> go.Figure:
     """4. Epochs to target vs ``axis`` per mode: trials, medians, censored trials shown as such."""
     frame = _panel_col(data, _add_row(data, data.done, skip=axis))
     frame["cat"] = [_category(v, axis) for v in frame[axis]]
-    cats = list(dict.fromkeys(frame.sort_values(axis, na_position="first")["cat"]))
-    panels, rows = list(dict.fromkeys(frame["panel"])), _rows(frame, data)
+    cats = distinct(frame.sort_values(axis, na_position="first")["cat"])
+    panels, rows = distinct(frame["panel"]), _rows(frame, data)
     budget = int(frame["train.epochs"].max())
     cens_y = budget + 1.2  # the "not reached" lane above the epoch budget: not an epoch
     fig = _grid(rows, panels, f"Epochs to target accuracy vs {axis_label(axis)}",
@@ -313,7 +322,7 @@ def fig_acc_fraction(data: ReportData) -> go.Figure:
     """5. Final accuracy vs labeled fraction per mode (mean +- sd over trials)."""
     axis = "data.labeled_fraction"
     frame = _panel_col(data, _add_row(data, data.done, skip=axis))
-    panels, rows = list(dict.fromkeys(frame["panel"])), _rows(frame, data)
+    panels, rows = distinct(frame["panel"]), _rows(frame, data)
     fig = _grid(rows, panels, "Final test accuracy vs labeled fraction", "labeled fraction (log scale)",
                 "final test accuracy", row_h=330, shared_y=True)
     for mode in data.modes:
