@@ -135,9 +135,8 @@ def _grid(sweep: SweepPaths, cached: bool) -> tuple[str, list[str], list[dict[st
             same = sweep.spec.read_bytes() == before  # not replaced while it was read
         except OSError:
             same = False
-        if same and all(list(c) == list(configs[0]) for c in configs):
-            index.set_grid(spec.name, ids, configs)
-        else:
+        uniform = all(list(c) == list(configs[0]) for c in configs)
+        if not (same and uniform and index.set_grid(spec.name, ids, configs)):
             index = None
     return spec.name, ids, configs, index
 

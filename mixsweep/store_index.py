@@ -1,6 +1,9 @@
 """A cache that lets ``status`` skip what has not changed since it last looked.
 
-``runs/<sweep>/.index.json`` holds the expanded grid (trial ids and flat configs,
+The index of a sweep folder lives in the user's cache folder
+(``$XDG_CACHE_HOME/mixsweep/status/``, ``~/.cache`` by default; named by a hash
+of the folder's path), never in the sweep folder: status and report only read
+it. Only sweeps of ``MIN_TRIALS`` trials or more get one. It holds the expanded grid (trial ids and flat configs,
 keyed by a hash of spec.yaml's bytes and of the code that expands it) and, per
 trial, the results-table row last built from its files together with those
 files' stat signatures (inode, size, mtime, ctime). A row is used only while
@@ -22,8 +25,8 @@ from typing import Any
 
 from mixsweep.store_io import atomic_write_text
 
-INDEX_NAME = ".index.json"
 VERSION = 1
+MIN_TRIALS = 500  # smaller sweeps read fast enough without one
 RACY_NS = 3_000_000_000  # files younger than this (vs. the clock) are not cached
 RESULT_ONLY = ("result.json",)  # a valid final record: the row needs nothing else
 ALL_FILES = ("result.json", "metrics.jsonl", "error.json")
@@ -44,6 +47,16 @@ def _code_key() -> str:
     return ";".join(parts)
 
 
+def index_path(root: Path) -> Path | None:
+    """Where the index of sweep folder ``root`` is kept (None: no home folder to keep it in)."""
+    try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:32]
+    except (OSError, RuntimeError):
+        return None
+    return base / "mixsweep" / "status" / f"{key}.json"
+
+
 def _stat(path: str) -> Sig | None:
     """[inode, size, mtime, ctime] of a file, None if missing; OSError otherwise."""
     try:
@@ -57,7 +70,7 @@ class RowIndex:
     """The index of one sweep folder, read once; ``save`` writes it back if it changed."""
 
     def __init__(self, root: Path, spec_bytes: bytes) -> None:
-        self.path = root / INDEX_NAME
+        self.path = index_path(root)
         self.trials = str(root / "trials")
         self.key = hashlib.sha256(spec_bytes + _code_key().encode()).hexdigest()
         self.started = time.time_ns()
@@ -67,6 +80,8 @@ class RowIndex:
         self.shapes: list[list[str]] = []
         self._shape_ids: dict[tuple[str, ...], int] = {}
         try:
+            if self.path is None:
+                raise OSError("no cache folder")
             raw = json.loads(self.path.read_bytes())
             if raw.get("version") == VERSION and raw.get("key") == self.key:
                 self.grid = raw["name"], raw["ids"], _configs(raw["config"], len(raw["ids"]))
@@ -75,10 +90,14 @@ class RowIndex:
         except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError):
             self.grid, self.rows, self.shapes, self._shape_ids = None, {}, [], {}
 
-    def set_grid(self, name: str, ids: list[str], configs: list[dict[str, Any]]) -> None:
+    def set_grid(self, name: str, ids: list[str], configs: list[dict[str, Any]]) -> bool:
+        """Start the index over for this grid; False (no index) for a sweep under MIN_TRIALS."""
+        if len(ids) < MIN_TRIALS:
+            return False
         self.grid = name, ids, configs
         self.rows, self.shapes, self._shape_ids = {}, [], {}
         self.changed = True
+        return True
 
     def _sigs(self, tid: str, files: tuple[str, ...]) -> list[Sig | None] | None:
         folder = os.path.join(self.trials, tid)
@@ -102,7 +121,7 @@ class RowIndex:
         files are too young to be told apart from a later write."""
         sigs = self._sigs(tid, RESULT_ONLY if result_only else ALL_FILES)
         young = self.started - RACY_NS
-        if sigs is None or any(s is not None and max(s[2], s[3]) > young for s in sigs):
+        if sigs is None or any(s is not None and s[2] > young for s in sigs):  # mtime: a write
             if self.rows.pop(tid, None) is not None:
                 self.changed = True
             return
@@ -116,7 +135,7 @@ class RowIndex:
 
     def save(self) -> None:
         """Write the index if anything changed (atomically; a folder not writable: skipped)."""
-        if not self.changed or self.grid is None:
+        if not self.changed or self.grid is None or self.path is None:
             return
         name, ids, configs = self.grid
         keep = set(ids)
