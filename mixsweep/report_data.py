@@ -173,7 +173,7 @@ def load(run_dirs: list[Path], by: str | None = DEFAULT_BY, where: list[str] | N
     history = pd.concat(hist, ignore_index=True) if hist else pd.DataFrame(columns=["trial_id", "epoch", "test_acc", *meta])
     nl = pd.concat(nls, ignore_index=True) if nls else pd.DataFrame(columns=["trial_id", "epoch", "layer", "nl", *meta])
     seen = [c[3:] for c in results.columns if c.startswith("nl.")]
-    seen += [x for x in dict.fromkeys(nl["layer"]) if x not in seen]
+    seen += [x for x in distinct(nl["layer"]) if x not in seen]
     data = ReportData(sweeps, specs, results, history, nl, layer_order(seen), notes=notes)
     data.by = resolve_axis(by, results) if by else None
     return data
@@ -278,6 +278,14 @@ def cell_table(data: ReportData) -> pd.DataFrame:
     first = [c for c in table.columns if c in ("sweep", "dataset", "labeled fraction")]
     table = table.sort_values(first + ["_sort"], kind="stable") if first else table.sort_values("_sort", kind="stable")
     return table.drop(columns="_sort").reset_index(drop=True)
+
+
+def distinct(values: pd.Series) -> list[Any]:
+    """``list(dict.fromkeys(values))``: the values in order of first appearance; for a text
+    column without iterating it in Python (slow for pandas' Arrow-backed strings)."""
+    if pd.api.types.is_string_dtype(values.dtype) and values.dtype != object:
+        return list(values.unique())
+    return list(dict.fromkeys(values))
 
 
 def fmt_cfg(v: Any) -> str:

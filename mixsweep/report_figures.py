@@ -15,7 +15,14 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mixsweep.report_data import ReportData, ReportError, axis_label, censored_median, truthy
+from mixsweep.report_data import (
+    ReportData,
+    ReportError,
+    axis_label,
+    censored_median,
+    distinct,
+    truthy,
+)
 
 # Okabe-Ito (colour-blind safe); the same mode has the same colour in every figure.
 MODE_COLORS = {"erm": "#000000", "sup": "#0072B2", "unsup": "#D55E00", "both": "#CC79A7",
@@ -55,10 +62,31 @@ def _with_cfg(data: ReportData, frame: pd.DataFrame) -> pd.DataFrame:
     return _add_row(data, out)
 
 
+def _labels(values: pd.Series, label: Any) -> list[str]:
+    """``[label(v) for v in values]``, calling ``label`` once per distinct value (an object
+    column, where 1, 1.0 and True would count as one value, is labelled value by value)."""
+    if values.dtype == object:
+        return [label(v) for v in values]
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    return np.array([label(v) for v in uniques], dtype=object)[codes].tolist()
+
+
+def _dataset_rows(datasets: pd.Series, rows: pd.Series) -> list[str]:
+    """``"<dataset> · <row>"`` (just the dataset where the row is ""), built once per pair."""
+    if datasets.dtype == object or rows.dtype == object:
+        return [f"{d}" + (f" · {r}" if r else "") for d, r in zip(datasets, rows, strict=True)]
+    cd, ud = pd.factorize(datasets, use_na_sentinel=False)
+    cr, ur = pd.factorize(rows, use_na_sentinel=False)
+    n = max(len(ur), 1)
+    pairs, inverse = np.unique(cd.astype(np.int64) * n + cr, return_inverse=True)
+    labels = [f"{ud[p // n]}" + (f" · {ur[p % n]}" if ur[p % n] else "") for p in pairs]
+    return np.array(labels, dtype=object)[inverse.reshape(-1)].tolist()
+
+
 def _add_row(data: ReportData, frame: pd.DataFrame, skip: str | None = None) -> pd.DataFrame:
     frame = frame.copy()
     if data.by and data.by != skip:
-        frame["row"] = [f"{axis_label(data.by)} = {_fmt(v)}" for v in frame[data.by]]
+        frame["row"] = _labels(frame[data.by], lambda v: f"{axis_label(data.by)} = {_fmt(v)}")
     else:
         frame["row"] = ""
     return frame
@@ -67,7 +95,7 @@ def _add_row(data: ReportData, frame: pd.DataFrame, skip: str | None = None) -> 
 def _rows(frame: pd.DataFrame, data: ReportData) -> list[str]:
     if data.by and data.by in frame and frame["row"].ne("").any():
         order = frame.sort_values(data.by, na_position="first")["row"]
-        return list(dict.fromkeys(order))
+        return distinct(order)
     return [""]
 
 
@@ -114,9 +142,11 @@ def _mean_lines(fig: go.Figure, data: ReportData, frame: pd.DataFrame, x: str, y
             name = _legend_name(mode, sweep, data)
             color = mode_color(mode, data.modes)
             sub = frame[(frame["sweep"] == sweep) & (frame["mixup.mode"] == mode)]
+            # split once: each panel's rows, in frame order (what a boolean mask per panel gives)
+            panels = dict(list(sub.groupby(["row", col_key] if col_key else ["row"], sort=False)))
             for (ri, row), (ci, col) in ((a, b) for a in enumerate(rows) for b in enumerate(cols)):
-                g = sub[(sub["row"] == row) & (sub[col_key] == col)] if col_key else sub[sub["row"] == row]
-                if g.empty:
+                g = panels.get((row, col) if col_key else (row,))
+                if g is None or g.empty:
                     continue
                 agg = g.groupby(x, sort=True)[y].agg(["mean", "std", "count"])
                 if x_order is not None:
@@ -146,7 +176,7 @@ def fig_profile(data: ReportData, which: str = "final") -> go.Figure:
                      value_vars=cols_nl, var_name="layer", value_name="nl").dropna(subset=["nl"])
     long["layer"] = long["layer"].str.removeprefix(prefix)
     long = _add_row(data, long)
-    datasets = list(dict.fromkeys(data.done["data.dataset"]))
+    datasets = distinct(data.done["data.dataset"])
     init = _with_cfg(data, data.nl[data.nl["epoch"] == 0])
     rows = _rows(long if not long.empty else init, data) if not (long.empty and init.empty) else [""]
     title = ("Per-layer nonlinearity at the end of training" if which == "final"
@@ -161,7 +191,8 @@ def fig_profile(data: ReportData, which: str = "final") -> go.Figure:
         g = init[(init["row"] == row) & (init["data.dataset"] == ds)]
         if g.empty:
             continue
-        m = g.groupby("layer")["nl"].mean().reindex([x for x in data.layers if x in set(g["layer"])])
+        here = set(distinct(g["layer"]))
+        m = g.groupby("layer")["nl"].mean().reindex([x for x in data.layers if x in here])
         fig.add_trace(go.Scatter(x=list(m.index), y=m.values, mode="lines", name="at init (epoch 0)",
                                  legendgroup="init", showlegend=ri == 0 and ci == 0,
                                  line=dict(color=INIT_COLOR, dash="dot", width=1.8),
@@ -171,7 +202,7 @@ def fig_profile(data: ReportData, which: str = "final") -> go.Figure:
         fig.update_layout(legend_title_text="mode · sweep")
     # each row shows its own layers (cnn depth may differ between rows), in network order
     for ri, row in enumerate(rows):
-        present = set(long.loc[long["row"] == row, "layer"]) | set(init.loc[init["row"] == row, "layer"])
+        present = set(distinct(long.loc[long["row"] == row, "layer"])) | set(distinct(init.loc[init["row"] == row, "layer"]))
         fig.update_xaxes(categoryorder="array", categoryarray=[x for x in data.layers if x in present],
                          row=ri + 1)
     return fig
@@ -180,9 +211,10 @@ def fig_profile(data: ReportData, which: str = "final") -> go.Figure:
 def fig_nl_epochs(data: ReportData) -> go.Figure:
     """2. NL of each layer over epochs, per mode (rows: dataset x facet row)."""
     frame = _with_cfg(data, data.nl)
-    frame["row"] = [f"{d}" + (f" · {r}" if r else "") for d, r in zip(frame["data.dataset"], frame["row"], strict=True)]
-    rows = list(dict.fromkeys(frame.sort_values(["data.dataset"] + ([data.by] if data.by else []))["row"]))
-    layers = [x for x in data.layers if x in set(frame["layer"])]
+    frame["row"] = _dataset_rows(frame["data.dataset"], frame["row"])
+    rows = distinct(frame.sort_values(["data.dataset"] + ([data.by] if data.by else []))["row"])
+    seen = set(distinct(frame["layer"]))
+    layers = [x for x in data.layers if x in seen]
     fig = _grid(rows or [""], layers, "Nonlinearity of each layer over training", "epoch",
                 "nonlinearity NL", row_h=250, spacing=0.035)
     _mean_lines(fig, data, frame, "epoch", "nl", rows, layers, "layer")
@@ -193,7 +225,7 @@ def fig_nl_epochs(data: ReportData) -> go.Figure:
 def fig_acc_epochs(data: ReportData) -> go.Figure:
     """3. Test accuracy over epochs per mode, with the target accuracy dotted."""
     frame = _with_cfg(data, data.history[data.history["epoch"] >= 0])
-    datasets = list(dict.fromkeys(data.done["data.dataset"]))
+    datasets = distinct(data.done["data.dataset"])
     rows = _rows(frame, data)
     fig = _grid(rows, datasets, "Test accuracy over training", "epoch", "test accuracy",
                 row_h=300, shared_y="rows")
@@ -226,8 +258,8 @@ def fig_ett(data: ReportData, axis: str) -> go.Figure:
     """4. Epochs to target vs ``axis`` per mode: trials, medians, censored trials shown as such."""
     frame = _panel_col(data, _add_row(data, data.done, skip=axis))
     frame["cat"] = [_category(v, axis) for v in frame[axis]]
-    cats = list(dict.fromkeys(frame.sort_values(axis, na_position="first")["cat"]))
-    panels, rows = list(dict.fromkeys(frame["panel"])), _rows(frame, data)
+    cats = distinct(frame.sort_values(axis, na_position="first")["cat"])
+    panels, rows = distinct(frame["panel"]), _rows(frame, data)
     budget = int(frame["train.epochs"].max())
     cens_y = budget + 1.2  # the "not reached" lane above the epoch budget: not an epoch
     fig = _grid(rows, panels, f"Epochs to target accuracy vs {axis_label(axis)}",
@@ -290,7 +322,7 @@ def fig_acc_fraction(data: ReportData) -> go.Figure:
     """5. Final accuracy vs labeled fraction per mode (mean +- sd over trials)."""
     axis = "data.labeled_fraction"
     frame = _panel_col(data, _add_row(data, data.done, skip=axis))
-    panels, rows = list(dict.fromkeys(frame["panel"])), _rows(frame, data)
+    panels, rows = distinct(frame["panel"]), _rows(frame, data)
     fig = _grid(rows, panels, "Final test accuracy vs labeled fraction", "labeled fraction (log scale)",
                 "final test accuracy", row_h=330, shared_y=True)
     for mode in data.modes:

@@ -9,317 +9,42 @@
         checkpoint.pt        the last finished epoch (resume point)
         result.json          the final record (status completed | failed)
       slurm/                 job.sbatch, job id, logs (SLURM launches)
+
+The files' reading and writing live in :mod:`mixsweep.store_io`, the paths in
+:mod:`mixsweep.store_paths`; this module builds the results table from them and
+re-exports both, so ``from mixsweep.store import SweepPaths, atomic_write_text``
+keeps working.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
-import json
 import os
-import secrets
-import tempfile
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from mixsweep.store_index import RowIndex
+from mixsweep.store_io import (
+    RESULT_NUMBERS,
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    epoch_record_problem,
+    read_json,
+    read_json_checked,
+    read_jsonl,
+    read_metrics,
+    result_problem,
+    unreadable,
+)
+from mixsweep.store_paths import SweepLocked, SweepPaths, TrialPaths
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-class SweepLocked(RuntimeError):
-    """Another launch holds the sweep's lock."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write) -> None:  # type: ignore[no-untyped-def]
-    """Temp file in the same folder, fsynced, renamed over ``path``, folder fsynced: a crash
-    at any point leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, _umask_mode())  # mkstemp makes 0600; results follow the user's umask
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + rename: readers never see half a file."""
-    _atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    # key order kept: layer dicts are in network order
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def atomic_torch_save(path: Path, obj: Any) -> None:
-    import torch  # here: status and launch --dry-run import this module without torch
-
-    _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def _unreadable(path: Path, err: OSError) -> str:
-    """Why a file of the store cannot be read, in a few words naming it."""
-    if err.errno == errno.EISDIR:
-        return f"{path.name} is a folder, not a file"
-    if err.errno == errno.ENOTDIR:  # a file where a folder of the path should be
-        culprit = next((p for p in path.parents if p.exists()), path.parent)
-        return f"{culprit.name} is a file, not a folder"
-    return f"{path.name}: {err.strerror or type(err).__name__}"
-
-
-def read_json_checked(path: Path) -> tuple[Any | None, str | None]:
-    """(the JSON object, None); (None, None) when the file is missing; (None, why) when it
-    is there but cannot be read (not JSON, cut short, not UTF-8, a folder, no permission)."""
-    try:
-        return json.loads(path.read_bytes().decode()), None
-    except FileNotFoundError:
-        return None, None
-    except OSError as err:
-        return None, _unreadable(path, err)
-    except ValueError:  # bad JSON or bad UTF-8
-        return None, f"{path.name} is not JSON"
-
-
-def read_json(path: Path) -> Any | None:
-    """A JSON file's object; None if it is missing or cannot be read (not whole JSON, garbage,
-    a folder)."""
-    return read_json_checked(path)[0]
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _kind(v: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-            type(None): "null"}.get(type(v), type(v).__name__)
-
-
-def _layer_map_problem(key: str, v: Any) -> str | None:
-    if v is None:
-        return None
-    if not isinstance(v, dict):
-        return f"{key} is {_kind(v)}, not a map of layer -> number"
-    bad = next((layer for layer, x in v.items() if x is not None and not _number(x)), None)
-    return None if bad is None else f"{key}.{bad} is {v[bad]!r}, not a number"
-
-
-def epoch_record_problem(rec: Any) -> str | None:
-    """Why a metrics.jsonl record is not an epoch record (None if it is one): an object with an
-    integer ``epoch``, numbers (or null) for its scalars, layer -> number maps for nl and cos."""
-    if not isinstance(rec, dict):
-        return f"{_kind(rec)}, not an epoch record"
-    epoch = rec.get("epoch")
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-        return f"epoch is {epoch!r}, not a whole number"
-    for key, v in rec.items():
-        if isinstance(v, dict) or key in ("nl", "cos"):
-            problem = _layer_map_problem(key, v)
-            if problem:
-                return problem
-        elif v is not None and not _number(v):
-            return f"{key} is {v!r}, not a number"
-    return None
-
-
-def read_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
-    """The epoch records of a metrics.jsonl and why reading stopped early (None when it read
-    it all). A line that is not a whole epoch record (a write cut short, garbage, wrong
-    types) ends the read: what follows it cannot be trusted either."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return [], None
-    except OSError as err:
-        return [], _unreadable(path, err)
-    out = []
-    for n, line in enumerate(data.decode(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            return out, f"{path.name} line {n} is not JSON"
-        problem = epoch_record_problem(rec)
-        if problem:
-            return out, f"{path.name} line {n}: {problem}"
-        out.append(rec)
-    return out, None
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The epoch records of a JSON-lines file, up to the first line that is not one (see
-    ``read_metrics``)."""
-    return read_metrics(path)[0]
-
-
-# result.json: keys whose values the results table and the reports compute with
-_RESULT_NUMBERS = ("final_acc", "best_acc", "target_accuracy", "seconds_to_target",
-                   "train_seconds", "wall_seconds", "epochs_done", "epochs_to_target",
-                   "steps_to_target", "nl_epoch")
-_RESULT_LAYER_MAPS = ("nonlinearity", "cosine", "nl_at_target")
-
-
-def result_problem(result: Any, trial_id: str) -> str | None:
-    """Why ``result`` (a result.json's object) is not trial ``trial_id``'s final record, or None."""
-    if not isinstance(result, dict):
-        return f"result.json holds {_kind(result)}, not a result record"
-    if result.get("trial_id") != trial_id:
-        return f"result.json is for trial {result.get('trial_id')!r}, not {trial_id}"
-    status = result.get("status")
-    if status not in ("completed", "failed"):
-        return f"result.json: status {status!r} is neither completed nor failed"
-    if status == "completed" and "final_acc" not in result:
-        return "result.json: a completed trial without final_acc"
-    for key in _RESULT_NUMBERS:
-        v = result.get(key)
-        if v is not None and not _number(v):
-            return f"result.json: {key} is {v!r}, not a number"
-    if result.get("reached_target") not in (None, True, False):
-        return f"result.json: reached_target is {result['reached_target']!r}, not true/false"
-    if result.get("reason") is not None and not isinstance(result["reason"], str):
-        return f"result.json: reason is {_kind(result['reason'])}, not text"
-    for key in _RESULT_LAYER_MAPS:
-        problem = _layer_map_problem(key, result.get(key))
-        if problem:
-            return f"result.json: {problem}"
-    return None
-
-
-@dataclass(frozen=True)
-class TrialPaths:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoint.pt"
-
-    @property
-    def result(self) -> Path:
-        return self.root / "result.json"
-
-    @property
-    def error(self) -> Path:
-        """Ray's last error for a trial that crashed past max_failures."""
-        return self.root / "error.json"
-
-    def read_result(self, trial_id: str) -> dict[str, Any] | None:
-        """The final record, if this folder holds a valid one for ``trial_id`` (else None: the
-        trial runs again, from its checkpoint)."""
-        return self.read_result_checked(trial_id)[0]
-
-    def read_result_checked(self, trial_id: str) -> tuple[dict[str, Any] | None, str | None]:
-        """(the final record, None), (None, None) when there is none yet, or (None, why) when
-        result.json is there but is not a valid record for ``trial_id``."""
-        result, why = read_json_checked(self.result)
-        if result is None:
-            return None, why
-        why = result_problem(result, trial_id)
-        return (None, why) if why else (result, None)
-
-    def write_metrics(self, history: Iterable[dict[str, Any]]) -> None:
-        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in history))
-
-
-@dataclass(frozen=True)
-class SweepPaths:
-    root: Path  # runs/<sweep>
-
-    @classmethod
-    def of(cls, runs_dir: str | Path, name: str) -> SweepPaths:
-        return cls(Path(runs_dir) / name)
-
-    @property
-    def spec(self) -> Path:
-        return self.root / "spec.yaml"
-
-    @property
-    def results(self) -> Path:
-        return self.root / "results.csv"
-
-    @property
-    def trials(self) -> Path:
-        return self.root / "trials"
-
-    @property
-    def slurm(self) -> Path:
-        return self.root / "slurm"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.root / ".lock"
-
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the sweep's lock (flock: the kernel drops it when the process dies, even by
-        SIGKILL, so no stale lock outlives a killed launch). Raises SweepLocked if held."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, _umask_mode())
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-                raise SweepLocked(f"sweep {self.root.name!r} is already running (launch pid {holder} "
-                                  f"holds {self.lock_file}); wait for it or stop it first") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            yield
-        finally:
-            os.close(fd)
-
-    def sweep_id(self) -> str:
-        """A random id for this sweep folder, made once and kept: unique per sweep, the same
-        for every relaunch of it (the W&B run ids start with it)."""
-        path = self.root / "sweep_id"
-        try:  # garbage (not text, a wrong length) is replaced by a new id below
-            current = path.read_bytes().decode(errors="replace").strip() if path.is_file() else ""
-        except OSError:
-            current = ""
-        if len(current) == 8 and current.isascii() and current.isalnum():
-            return current
-        new = secrets.token_hex(4)
-        atomic_write_text(path, new + "\n")
-        return new
-
-    def write_spec(self, spec: Any) -> None:
-        """spec.yaml: the validated sweep (a SweepSpec), what a requeued job re-reads."""
-        import yaml
-
-        atomic_write_text(self.spec, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-
-    def trial(self, trial_id: str) -> TrialPaths:
-        return TrialPaths(self.trials / trial_id)
-
+__all__ = [
+    "STATUS_ORDER", "StoreError", "SweepLocked", "SweepPaths", "TrialPaths", "atomic_torch_save",
+    "atomic_write_json", "atomic_write_text", "collect_rows", "current_results", "epoch_record_problem",
+    "read_json", "read_json_checked", "read_jsonl", "read_metrics", "read_results", "read_sweep",
+    "result_problem", "result_row", "write_results",
+]
 
 # --------------------------------------------------------------------------- the results table
 
@@ -346,6 +71,35 @@ def result_row(trial_id: str, config: dict[str, Any], result: dict[str, Any] | N
     return row
 
 
+def _trial_row(sweep: SweepPaths, tid: str, config: dict[str, Any],
+               histories: dict[str, tuple[list[dict[str, Any]], str | None]] | None,
+               curves: bool) -> tuple[dict[str, Any], bool]:
+    """(the row of trial ``tid`` from its folder, whether it came from result.json alone)."""
+    tp = sweep.trial(tid)
+    result, why = tp.read_result_checked(tid)
+    if result and not curves and histories is None:
+        done = result.get("epochs_done")
+        epochs = done if isinstance(done, int) else 0
+        return result_row(tid, config, result, epochs, result["status"]), True
+    history, metrics_why = read_metrics(tp.metrics)
+    if histories is not None:
+        histories[tid] = (history, metrics_why)
+    epochs = history[-1]["epoch"] if history else 0
+    if result:
+        status = result["status"]
+    elif why or metrics_why:
+        status, result = "unreadable", {"reason": why or metrics_why}
+    else:
+        error, error_why = read_json_checked(tp.error)
+        if error is not None or error_why:  # crashed past max_failures in Ray; re-runs on relaunch
+            text = error.get("error") if isinstance(error, dict) else None
+            text = text if isinstance(text, str) else error_why or "error.json holds no error text"
+            status, result = "error", {"reason": text}
+        else:
+            status = "running" if history else "pending"
+    return result_row(tid, config, result, epochs, status), False
+
+
 def collect_rows(sweep: SweepPaths, trials: Iterable[Any],
                  histories: dict[str, tuple[list[dict[str, Any]], str | None]] | None = None,
                  *, curves: bool = True) -> list[dict[str, Any]]:
@@ -356,34 +110,103 @@ def collect_rows(sweep: SweepPaths, trials: Iterable[Any],
     such a trial again from its checkpoint. ``histories``, when given, receives each
     trial's (epoch records, why reading stopped) as read. ``curves=False`` (status) skips
     metrics.jsonl where result.json is valid: ``epochs_done`` then comes from it."""
+    # cfg.trial_id: a hash of the config, computed once per config
+    return [_trial_row(sweep, cfg.trial_id, cfg.flat(), histories, curves)[0] for cfg in trials]
+
+
+def _grid(sweep: SweepPaths, cached: bool) -> tuple[str, list[str], list[dict[str, Any]], RowIndex | None]:
+    """(sweep name, trial ids, flat configs, the row index when ``cached``): from the index
+    while spec.yaml is unchanged, else expanded from it (SpecError if it is not a sweep)."""
+    from mixsweep.expand import expand
+    from mixsweep.spec_yaml import load_spec
+
+    try:
+        before = sweep.spec.read_bytes() if cached else None
+    except OSError:  # load_spec says why
+        before = None
+    index = RowIndex(sweep.root, before) if before is not None else None
+    if index is not None and index.grid is not None:
+        return (*index.grid, index)
+    spec = load_spec(sweep.spec)
+    trials = expand(spec)
+    ids, configs = [c.trial_id for c in trials], [c.flat() for c in trials]
+    if index is not None:
+        try:
+            same = sweep.spec.read_bytes() == before  # not replaced while it was read
+        except OSError:
+            same = False
+        uniform = all(list(c) == list(configs[0]) for c in configs)
+        if not (same and uniform and index.set_grid(spec.name, ids, configs)):
+            index = None
+    return spec.name, ids, configs, index
+
+
+def _rows(sweep: SweepPaths, ids: list[str], configs: list[dict[str, Any]], index: RowIndex | None,
+          histories: dict[str, tuple[list[dict[str, Any]], str | None]] | None,
+          curves: bool) -> list[dict[str, Any]]:
+    """collect_rows over ids and flat configs, taking the index's rows still current."""
     rows = []
-    for cfg in trials:
-        tid = cfg.trial_id  # a hash of the config: computed once
-        tp = sweep.trial(tid)
-        result, why = tp.read_result_checked(tid)
-        if result and not curves and histories is None:
-            done = result.get("epochs_done")
-            epochs = done if isinstance(done, int) else 0
-            rows.append(result_row(tid, cfg.flat(), result, epochs, result["status"]))
-            continue
-        history, metrics_why = read_metrics(tp.metrics)
-        if histories is not None:
-            histories[tid] = (history, metrics_why)
-        epochs = history[-1]["epoch"] if history else 0
-        if result:
-            status = result["status"]
-        elif why or metrics_why:
-            status, result = "unreadable", {"reason": why or metrics_why}
-        else:
-            error, error_why = read_json_checked(tp.error)
-            if error is not None or error_why:  # crashed past max_failures in Ray; re-runs on relaunch
-                text = error.get("error") if isinstance(error, dict) else None
-                text = text if isinstance(text, str) else error_why or "error.json holds no error text"
-                status, result = "error", {"reason": text}
-            else:
-                status = "running" if history else "pending"
-        rows.append(result_row(tid, cfg.flat(), result, epochs, status))
+    for tid, config in zip(ids, configs, strict=True):
+        fields = index.row(tid) if index is not None else None
+        if fields is None:
+            row, result_only = _trial_row(sweep, tid, config, histories, curves)
+            if index is not None:
+                index.put(tid, {k: v for k, v in row.items() if k != "trial_id" and k not in config},
+                          result_only)
+        else:  # the same keys in the same order as result_row makes them
+            row = {"trial_id": tid, "status": fields.pop("status"),
+                   "epochs_done": fields.pop("epochs_done"), **config, **fields}
+        rows.append(row)
+    if index is not None:
+        index.save()
     return rows
+
+
+def _native(values: list[Any]) -> Any:
+    """A column as read_csv would type it, for the kinds it parses the same way every time
+    (missing, booleans, numbers); None for the others (text, mixed): those go through CSV."""
+    import numpy as np
+
+    kinds = {type(v) for v in values}
+    nan = float("nan")
+    if kinds <= {type(None)}:
+        return np.full(len(values), nan)
+    if kinds <= {int, float, type(None)} and (float in kinds or type(None) in kinds):
+        return np.array([nan if v is None else v for v in values], dtype=np.float64)
+    if kinds == {int} and all(-(2**63) <= v < 2**63 for v in values):
+        return np.array(values, dtype=np.int64)
+    if kinds == {bool}:
+        return np.array(values, dtype=bool)
+    if kinds == {bool, type(None)}:
+        return np.array([nan if v is None else v for v in values], dtype=object)
+    return None
+
+
+def as_read(rows: list[dict[str, Any]]):
+    """The rows as a DataFrame with the dtypes read_results gives (a CSV round trip). Columns
+    of missing values, booleans and numbers are built directly, as read_csv types them;
+    the others make the round trip (through the csv module, much faster than to_csv)."""
+    import csv
+    import io
+
+    import pandas as pd
+
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    direct = {}
+    for c in cols:
+        arr = _native([r.get(c) for r in rows]) if c != "trial_id" else None
+        if arr is not None:
+            direct[c] = arr
+    text = [c for c in cols if c not in direct]
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(text)
+    out.writerows([r.get(k) for k in text] for r in rows)
+    buf.seek(0)
+    read = pd.read_csv(buf, dtype={"trial_id": str})
+    if not direct:
+        return read
+    return pd.DataFrame({c: direct[c] if c in direct else read[c] for c in cols})
 
 
 def write_results(sweep: SweepPaths, rows: list[dict[str, Any]]) -> None:
@@ -421,7 +244,7 @@ def _csv_as_written(sweep: SweepPaths, notes: list[str], why_not_spec: str):
     except FileNotFoundError:
         raise fail("is missing") from None
     except OSError as err:
-        raise fail(f"cannot be read ({_unreadable(sweep.results, err)})") from None
+        raise fail(f"cannot be read ({unreadable(sweep.results, err)})") from None
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise fail(f"is not a results table ({type(err).__name__})") from None
     missing = {"trial_id", "status"} - set(frame.columns)
@@ -431,7 +254,7 @@ def _csv_as_written(sweep: SweepPaths, notes: list[str], why_not_spec: str):
     sane = frame["trial_id"].map(lambda t: isinstance(t, str) and bool(t) and "/" not in t
                                  and not t.startswith(".")).astype(bool)
     frame = frame.loc[sane].reset_index(drop=True)
-    for col in [c for c in frame.columns if c in _RESULT_NUMBERS or c.startswith(("nl.", "cos.", "nl_target."))]:
+    for col in [c for c in frame.columns if c in RESULT_NUMBERS or c.startswith(("nl.", "cos.", "nl_target."))]:
         values = pd.to_numeric(frame[col], errors="coerce")
         if (values.isna() & frame[col].notna()).any():
             notes.append(f"results.csv: column {col} holds values that are not numbers "
@@ -473,33 +296,25 @@ def read_sweep(sweep: SweepPaths,
     Raises StoreError when neither can be read. ``histories`` and ``curves``: as for
     ``collect_rows``.
     """
-    import io
-
-    import pandas as pd
-
-    from mixsweep.expand import expand
     from mixsweep.spec_errors import SpecError
-    from mixsweep.spec_yaml import load_spec
 
     notes: list[str] = []
     try:
-        spec = load_spec(sweep.spec)
-        trials = expand(spec)
+        name, ids, configs, index = _grid(sweep, cached=not curves and histories is None)
     except SpecError as err:
         first = (str(err).splitlines() or ["?"])[0]
         frame = _csv_as_written(sweep, notes, first.replace(f"{sweep.spec}: ", ""))
         return sweep.root.name, frame, notes
-    rows = collect_rows(sweep, trials, histories, curves=curves)
+    rows = _rows(sweep, ids, configs, index, histories, curves)
     notes += _unreadable_notes(rows, sweep.spec)
-    if spec.name != sweep.root.name:
-        notes.append(f"spec.yaml is sweep {spec.name!r}, in folder {sweep.root.name!r} "
+    if name != sweep.root.name:
+        notes.append(f"spec.yaml is sweep {name!r}, in folder {sweep.root.name!r} "
                      "(a moved folder, or another sweep's spec.yaml)")
     if sweep.trials.is_dir():
-        ids = {r["trial_id"] for r in rows}
-        others = [p.name for p in sweep.trials.iterdir() if p.name not in ids and not p.name.startswith(".")]
+        known = set(ids)
+        others = [n for n in os.listdir(sweep.trials) if n not in known and not n.startswith(".")]
         if others:
             notes.append(f"{len(others)} trial folder{'s' if len(others) > 1 else ''} under "
                          f"{sweep.trials} {'are' if len(others) > 1 else 'is'} not in spec.yaml "
                          "(left from an earlier version of the sweep file?): not shown")
-    frame = pd.DataFrame(rows)
-    return spec.name, pd.read_csv(io.StringIO(frame.to_csv(index=False)), dtype={"trial_id": str}), notes
+    return name, as_read(rows), notes
