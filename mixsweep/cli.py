@@ -266,6 +266,8 @@ def report(
     early_epoch: Annotated[int | None, typer.Option(min=1, help="The early epoch of the --markdown NL tables (default: linearity.every).")] = None,
     where: Annotated[list[str] | None, typer.Option(help="Only trials with KEY=VALUE (repeatable; keys as for --by; VALUE may list several: weight=10,none), e.g. --where batchnorm=true --where fraction=1.")] = None,
     figures: Annotated[str | None, typer.Option(help="Only these figures, comma-separated: profile, profile_target, nl_epochs, acc_epochs, ett_k, ett_alpha, acc_fraction.")] = None,
+    contrast: Annotated[str | None, typer.Option(help="Also a contrast section and its forest plots: AXIS=A:B as in mixsweep compare, e.g. mixup.mode=sup:erm.")] = None,
+    contrast_layers: Annotated[str | None, typer.Option(help="With --contrast: only these layers, comma-separated (e.g. mid,probs).")] = None,
 ) -> None:
     """Compare sweeps: per-layer nonlinearity, accuracy, epochs to target -> one HTML file.
 
@@ -281,7 +283,8 @@ def report(
             raise ReportError(f"--figures {figures!r} names no figure; use {', '.join(FIGURES)}")
         built = write_report(run_dirs, out, by=None if by.lower() == "none" else by, png_dir=png,
                              wandb=wandb, markdown=markdown, early_epoch=early_epoch,
-                             where=where, only=only)
+                             where=where, only=only, contrast=contrast,
+                             contrast_layers=_names(contrast_layers))
     except ReportError as err:
         raise UsageError(str(err)) from None
     console.print(f"report: {built.html} ({len(built.figures)} figures)", soft_wrap=True)
@@ -293,6 +296,11 @@ def report(
         console.print(built.wandb, markup=False, highlight=False, soft_wrap=True)
     for note in built.notes:  # what could not be read and was left out (also in the HTML)
         err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _names(text: str | None) -> list[str] | None:
+    """A comma-separated option as a list (None when not given)."""
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
 
 
 @app.command()
@@ -313,7 +321,7 @@ def compare(
 
     try:
         done = write_compare(run_dirs, contrast, out, early_epoch=early_epoch,
-                             layers=[x.strip() for x in layers.split(",") if x.strip()] if layers else None)
+                             layers=_names(layers))
     except ReportError as err:
         raise UsageError(str(err)) from None
     shown = done.table["verdict"].str.startswith(done.contrast.a).sum()

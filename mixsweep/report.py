@@ -82,8 +82,22 @@ class Built:
     notes: list[str] = field(default_factory=list)  # what could not be read (left out)
 
 
-def render_html(data: ReportData, figures: dict[str, Any], captions: dict[str, str]) -> str:
-    """The report page: every figure with its caption, the cells table, the spec diff."""
+def contrast_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The contrast table as shown: cells, what was compared, the interval and the verdict."""
+    from mixsweep.contrast_plot import cell_columns
+
+    keep = [*cell_columns(table), "metric", "moment", "layer", "n", "diff", "CI low", "CI high",
+            "verdict", "failed A", "failed B"]
+    view = table[[c for c in keep if c in table.columns]].copy()
+    for col in ("diff", "CI low", "CI high"):
+        view[col] = view[col].map(lambda v: "—" if pd.isna(v) else f"{v:+.3g}")
+    return view
+
+
+def render_html(data: ReportData, figures: dict[str, Any], captions: dict[str, str],
+                contrast: tuple[str, pd.DataFrame] | None = None) -> str:
+    """The report page: every figure with its caption, the cells table, the spec diff, and
+    the contrast's table of intervals when one was asked for."""
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
 
@@ -104,7 +118,8 @@ def render_html(data: ReportData, figures: dict[str, Any], captions: dict[str, s
     for i, (key, fig) in enumerate(figures.items(), 1):
         div = pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"fig-{key}",
                           default_width="100%", config={"displaylogo": False, "responsive": True})
-        parts.append(f'<h2>{i}. {html.escape(fig.layout.title.text or key)}</h2>')
+        heading = (fig.layout.title.text or key).split("<br>")[0]  # a subtitle stays in the figure
+        parts.append(f'<h2>{i}. {html.escape(heading)}</h2>')
         parts.append(f'<p class="cap">{captions.get(key, "")}</p><div class="figure">{div}</div>')
     parts.append(f"<h2>{len(figures) + 1}. Cells (seeds pooled)</h2>")
     parts.append('<p class="cap">Finished trials per config cell: accuracy and NL over the completed ones; '
@@ -114,9 +129,22 @@ def render_html(data: ReportData, figures: dict[str, Any], captions: dict[str, s
                  "&ldquo;not reached&rdquo; when more than half are censored. NL columns: "
                  "final NL (last measured epoch), shaded per column, darker = less linear.</p>")
     parts.append(_table_html(cell_table(data)))
+    n = len(figures) + 2
+    if contrast is not None:
+        name, table = contrast
+        parts.append(f"<h2>{n}. Contrast {html.escape(name)}</h2>")
+        parts.append('<p class="cap">A minus B per cell of the other axes, paired by seed where '
+                     "the arms ran the same seeds (t-interval on the per-seed differences; else "
+                     "Welch). Intervals are Bonferroni-adjusted over each family (one metric at one "
+                     "moment: all its cells and layers); the verdict follows from the interval "
+                     "only. Failed trials are counted per arm and, for epochs to target, as never "
+                     "reached (restricted mean of min(epochs, budget + 1)). The forest plots above "
+                     "show the same intervals.</p>")
+        parts.append(_table_html(contrast_view(table)))
+        n += 1
     if len(data.sweeps) > 1:
         diff = spec_diff(data.specs)
-        parts.append(f"<h2>{len(figures) + 2}. Spec differences between sweeps</h2>")
+        parts.append(f"<h2>{n}. Spec differences between sweeps</h2>")
         parts.append(_table_html(diff) if not diff.empty else "<p>The specs are identical.</p>")
     title = "mixsweep report: " + names
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
@@ -152,9 +180,12 @@ def _check_folder_path(path: Path, option: str) -> None:
 def write_report(run_dirs: list[Path], out: Path, *, by: str | None = DEFAULT_BY,
                  png_dir: Path | None = None, wandb: bool = False,
                  markdown: Path | None = None, early_epoch: int | None = None,
-                 where: list[str] | None = None, only: list[str] | None = None) -> Built:
+                 where: list[str] | None = None, only: list[str] | None = None,
+                 contrast: str | None = None, contrast_layers: list[str] | None = None) -> Built:
     """Write the HTML report (and PNGs / the Markdown tables / the W&B report when asked);
-    ``where`` selects trials (``KEY=VALUE``), ``only`` names the figures to draw."""
+    ``where`` selects trials (``KEY=VALUE``), ``only`` names the figures to draw;
+    ``contrast`` (``AXIS=A:B``, as in ``mixsweep compare``) adds its section and forest plots,
+    over ``contrast_layers`` only when given."""
     _check_file_path(Path(out), "--out")  # before any work: a wrong path costs nothing
     if markdown is not None:
         _check_file_path(Path(markdown), "--markdown")
@@ -170,7 +201,18 @@ def write_report(run_dirs: list[Path], out: Path, *, by: str | None = DEFAULT_BY
         raise ReportError(f"--early-epoch {early_epoch}: no trial measured NL at that epoch; "
                           f"measured: {shown or 'none'}")
     figures, captions = report_figures.all_figures(data, only)
-    atomic_write_text(Path(out), render_html(data, figures, captions))
+    section = None
+    if contrast is not None:
+        from mixsweep import contrast_plot
+        from mixsweep.contrast import contrast_table
+
+        c, table = contrast_table(data, contrast, early_epoch, layers=contrast_layers)
+        for key, fig in contrast_plot.figures(table, str(c), c.a).items():
+            figures[f"contrast_{key}"] = fig
+            captions[f"contrast_{key}"] = (f"Contrast {html.escape(str(c))}: one row per cell (and "
+                                           "layer), the adjusted interval as a bar, zero marked.")
+        section = (str(c), table)
+    atomic_write_text(Path(out), render_html(data, figures, captions, section))
     built = Built(Path(out), figures, notes=list(data.notes))
     if markdown is not None:
         atomic_write_text(Path(markdown), report_tables.render_markdown(data, early_epoch))

@@ -80,3 +80,4 @@ def test_cli_compare_and_its_bad_input(tmp_path):
     one = _store(tmp_path / "one", seeds=(0,))
     bad = _cli(str(one), "--contrast", "mode=sup:erm", cwd=tmp_path)
     assert bad.returncode == 2 and "2 or more seeds" in bad.stderr and "Traceback" not in bad.stderr
+

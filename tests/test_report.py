@@ -279,3 +279,23 @@ def test_load_results_three_frames(sweeps):
     # ready for groupby: per mode and layer, a mean NL
     means = r.layers.merge(r.trials[["trial_id", "mixup.mode"]]).groupby(["mixup.mode", "layer"])["nl"].mean()
     assert means.notna().all() and len(means) == 3 * 8
+
+
+def test_report_contrast_adds_the_section_and_the_forest_plots(tmp_path):
+    """``report --contrast``: compare's intervals as a section and two forest plots."""
+    from mixsweep.compare import write_compare
+    from mixsweep.contrast import ContrastError
+
+    run = _sweep(tmp_path / "runs", name="two_seeds", seeds=[0, 1],
+                 data={"labeled_fraction": 1.0}, mixup={"mode": ["erm", "sup"]})
+    out = tmp_path / "r.html"
+    built = write_report([run], out, by=None, contrast="mode=sup:erm", contrast_layers=["mid", "probs"])
+    assert {"contrast_forest", "contrast_forest_outcomes"} <= set(built.figures)
+    page = out.read_text()
+    assert "Contrast mixup.mode=sup:erm</h2>" in page and 'id="fig-contrast_forest"' in page
+    done = write_compare([run], "mode=sup:erm", tmp_path / "cmp", png=False, layers=["mid", "probs"])
+    probs = done.table[(done.table["layer"] == "probs") & (done.table["moment"] == "end")].iloc[0]
+    assert probs["n"] == 2 and f"{probs['CI high']:+.3g}" in page  # compare's own numbers
+    assert probs["verdict"] in page
+    with pytest.raises(ContrastError, match="--contrast"):
+        write_report([run], out, by=None, contrast="mode=sup:nope")

@@ -1,0 +1,89 @@
+"""Write the verdict lines of docs/reproduction.md from `mixsweep compare`'s compare.csv files.
+
+    python docs/reproduction/verdicts.py          # after regenerate.sh's compare commands
+
+Each block between ``<!-- compare:NAME -->`` and ``<!-- /compare:NAME -->`` in
+docs/reproduction.md is replaced by the verdict line and the table of intervals made from
+docs/reproduction/NAME/compare.csv: the numbers and their direction come from the files the
+command writes, so a rerun on other hardware updates them. The prose around them is ours.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+DOC = HERE.parent / "reproduction.md"
+KNOWN = {"metric", "moment", "layer", "pairing", "failed A", "failed B", "n", "mean A", "mean B",
+         "diff", "se", "df", "censored A", "censored B", "family size", "CI low", "CI high",
+         "level", "verdict"}
+
+
+def _num(v: float) -> str:
+    return "—" if pd.isna(v) else f"{v:+.3f}" if abs(v) < 100 else f"{v:+.0f}"
+
+
+def _cell(row: pd.Series, cells: list[str]) -> str:
+    return ", ".join(f"{c} {row[c]}" for c in cells)
+
+
+def block(name: str, title: str) -> str:
+    """The verdict line and the interval table of one compare.csv."""
+    t = pd.read_csv(HERE / name / "compare.csv")
+    cells = [c for c in t.columns if c not in KNOWN]
+    t = t[t["se"].notna()]  # rows with an interval (n >= 2)
+    a = title.split(" − ")[0]
+    lines = []
+    for metric in t["metric"].unique():
+        m = t[t["metric"] == metric]
+        counts = m["verdict"].value_counts()
+        decided = ", ".join(f"{v}: {k}" for v, k in counts.items())
+        fam = sorted(set(zip(m["moment"], m["family size"], strict=True)))
+        sizes = "; ".join(f"{mo} {int(f)}" for mo, f in fam)
+        lines.append(f"- **{metric}** ({len(m)} intervals; Bonferroni families: {sizes}): {decided}.")
+    shown = t[~t["verdict"].str.startswith("no ")]
+    out = [f"**Verdicts from `mixsweep compare` ({title}, 95 % simultaneous intervals):**", "",
+           *lines, ""]
+    if shown.empty:
+        out.append(f"No interval excludes zero: no difference between {a} and the other arm is "
+                   "shown at this number of seeds.")
+    else:
+        out += ["The intervals that exclude zero:", "",
+                "| cell | metric | moment | layer | n | diff | 95 % CI (adjusted) | verdict |",
+                "|---|---|---|---|---|---|---|---|"]
+        for _, r in shown.iterrows():
+            out.append(f"| {_cell(r, cells)} | {r['metric']} | {r['moment']} | {r['layer']} | "
+                       f"{int(r['n'])} | {_num(r['diff'])} | [{_num(r['CI low'])}, "
+                       f"{_num(r['CI high'])}] | {r['verdict']} |")
+    out += ["", f"All intervals: [{name}/compare.md]({'reproduction/' + name}/compare.md) "
+            f"(forest plot: `{'reproduction/' + name}/forest.png`)."]
+    return "\n".join(out)
+
+
+def main() -> int:
+    text = DOC.read_text(encoding="utf-8")
+    pattern = re.compile(r"(<!-- compare:(\S+) (.*?) -->\n)(.*?)(<!-- /compare:\2 -->)", re.S)
+    found = 0
+
+    def fill(m: re.Match[str]) -> str:
+        nonlocal found
+        found += 1
+        return f"{m.group(1)}{block(m.group(2), m.group(3))}\n{m.group(5)}"
+
+    new = pattern.sub(fill, text)
+    if not found:
+        print(f"no <!-- compare:NAME TITLE --> block in {DOC}", file=sys.stderr)
+        return 2
+    tmp = DOC.with_suffix(".md.tmp")
+    tmp.write_text(new, encoding="utf-8")
+    tmp.replace(DOC)
+    print(f"{DOC.name}: {found} verdict blocks written")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
