@@ -130,3 +130,20 @@ def test_bad_report_selection_is_one_line_exit_2(slice_store: Path, tmp_path: Pa
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), proc.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_write_up_verdicts_are_the_compare_files() -> None:
+    """docs/reproduction.md's verdict blocks are what docs/reproduction/verdicts.py writes from
+    the committed compare.csv files (made by ``mixsweep compare``): no number typed by hand."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("verdicts", REPO / "docs" / "reproduction" / "verdicts.py")
+    assert spec is not None and spec.loader is not None
+    verdicts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(verdicts)
+    text = (REPO / "docs" / "reproduction.md").read_text(encoding="utf-8")
+    again, found = verdicts.fill(text)
+    assert found == 4 and again == text
+    for name in ("q1_sup_erm", "q2_unsup_erm", "q2_unsup_mt", "q3_k4_k2"):
+        assert f"<!-- compare:{name} " in text
+        assert (REPO / "docs" / "reproduction" / name / "compare.md").is_file()

@@ -16,6 +16,15 @@ q1=runs/small_q1_supervised q2=runs/small_q2_unsupervised q3=runs/small_q3_k_poi
 mixsweep report "$q1" --out "$q1/report.html" --by depth --markdown "$out/q1_tables.md"
 mixsweep report "$q2" --out "$q2/report.html" --by depth --markdown "$out/q2_tables.md"
 mixsweep report "$q3" --out "$q3/report.html" --by k --markdown "$out/q3_tables.md"
+# the contrasts (issue: answers, not just tables): differences with Bonferroni-adjusted
+# intervals and verdicts over the endpoints mid and probs; the write-up's verdict blocks are
+# then written from their compare.csv (docs/reproduction/verdicts.py)
+cmp() { mixsweep compare "$1" --contrast "$2" --layers mid,probs --out "$out/$3"; rm -f "$out/$3/forest.html"; }
+cmp "$q1" mixup.mode=sup:erm q1_sup_erm
+cmp "$q2" mixup.mode=unsup:erm q2_unsup_erm
+cmp "$q2" mixup.mode=unsup:mt q2_unsup_mt
+cmp "$q3" mixup.k=4:2 q3_k4_k2
+python3 "$out/verdicts.py"
 # the figures of the write-up
 mixsweep report "$q1" --out "$q1/fig.html" --by depth --where fraction=1 --where batchnorm=true \
     --figures profile --png "$out/q1_bn"

@@ -31,9 +31,9 @@ def _cell(row: pd.Series, cells: list[str]) -> str:
     return ", ".join(f"{c} {row[c]}" for c in cells)
 
 
-def block(name: str, title: str) -> str:
-    """The verdict line and the interval table of one compare.csv."""
-    t = pd.read_csv(HERE / name / "compare.csv")
+def block(name: str, title: str, base: Path = HERE) -> str:
+    """The verdict line and the interval table of ``base/name/compare.csv``."""
+    t = pd.read_csv(base / name / "compare.csv")
     cells = [c for c in t.columns if c not in KNOWN]
     t = t[t["se"].notna()]  # rows with an interval (n >= 2)
     a = title.split(" − ")[0]
@@ -64,17 +64,24 @@ def block(name: str, title: str) -> str:
     return "\n".join(out)
 
 
-def main() -> int:
-    text = DOC.read_text(encoding="utf-8")
-    pattern = re.compile(r"(<!-- compare:(\S+) (.*?) -->\n)(.*?)(<!-- /compare:\2 -->)", re.S)
+BLOCK = re.compile(r"(<!-- compare:(\S+) (.*?) -->\n)(.*?)(<!-- /compare:\2 -->)", re.S)
+
+
+def fill(text: str, base: Path = HERE) -> tuple[str, int]:
+    """``text`` with every compare block rewritten from its compare.csv; how many there were."""
     found = 0
 
-    def fill(m: re.Match[str]) -> str:
+    def one(m: re.Match[str]) -> str:
         nonlocal found
         found += 1
-        return f"{m.group(1)}{block(m.group(2), m.group(3))}\n{m.group(5)}"
+        return f"{m.group(1)}{block(m.group(2), m.group(3), base)}\n{m.group(5)}"
 
-    new = pattern.sub(fill, text)
+    return BLOCK.sub(one, text), found
+
+
+def main() -> int:
+    text = DOC.read_text(encoding="utf-8")
+    new, found = fill(text)
     if not found:
         print(f"no <!-- compare:NAME TITLE --> block in {DOC}", file=sys.stderr)
         return 2
