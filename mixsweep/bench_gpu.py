@@ -44,7 +44,8 @@ class Utilization:
     """Samples GPU utilization (%) with nvidia-smi every 0.2 s while active."""
 
     def __init__(self, index: int = 0):
-        self.index, self.samples, self._stop = index, [], threading.Event()
+        self.index, self._stop = index, threading.Event()
+        self.samples: list[float] = []
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
