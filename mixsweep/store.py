@@ -44,7 +44,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write) -> None:  # type: ignore[no-untyped-def]
+def _atomic_write(path: Path, write) -> None:
     """Temp file in the same folder, fsynced, renamed over ``path``, folder fsynced: a crash
     at any point leaves the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +153,7 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
         return [], None
     except OSError as err:
         return [], _unreadable(path, err)
-    out = []
+    out: list[dict[str, Any]] = []
     for n, line in enumerate(data.decode(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
