@@ -279,3 +279,16 @@ def test_load_results_three_frames(sweeps):
     # ready for groupby: per mode and layer, a mean NL
     means = r.layers.merge(r.trials[["trial_id", "mixup.mode"]]).groupby(["mixup.mode", "layer"])["nl"].mean()
     assert means.notna().all() and len(means) == 3 * 8
+
+
+def test_early_epoch_without_a_linearity_every_column_is_none() -> None:
+    import pandas as pd
+
+    from mixsweep.report_data import ReportData
+    from mixsweep.report_tables import early_epoch
+
+    empty = pd.DataFrame()
+    done = pd.DataFrame({"status": ["completed", "completed"], "trial_id": ["a", "b"]})
+    assert early_epoch(ReportData(["s"], {}, done, empty, empty, [])) is None
+    done["linearity.every"] = [5, 10]
+    assert early_epoch(ReportData(["s"], {}, done, empty, empty, [])) == 10
