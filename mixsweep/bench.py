@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -37,7 +37,18 @@ from mixsweep.spec import LinearityConfig
 PARTS = ("loader", "trainer", "nonlinearity", "scheduler", "driver", "gpu", "store")
 
 # default sizes (about 5 minutes on 2 busy cores) and --quick sizes (a smoke run)
-SIZES = {
+class Sizes(TypedDict):
+    """One size of the CPU parts (full or ``--quick``)."""
+
+    images: int
+    batch: int
+    train_steps: dict[str, int]  # per architecture
+    train_batch: int
+    probes: int
+    trials: int
+
+
+SIZES: dict[bool, Sizes] = {  # keyed by quick
     False: {"images": 10_000, "batch": 512, "train_steps": {"cnn": 6, "resnet18": 2},
             "train_batch": 128, "probes": 512, "trials": 32},
     True: {"images": 1_024, "batch": 128, "train_steps": {"cnn": 2, "resnet18": 1},

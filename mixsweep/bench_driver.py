@@ -47,7 +47,9 @@ class _Memory:
     """Driver RSS at the first trial start, at the last trial end, and its sampled peak."""
 
     def __init__(self, total: int):
-        self.total, self.start, self.end, self.peak = total, None, None, rss_mb()
+        self.total, self.peak = total, rss_mb()
+        self.start: float | None = None
+        self.end: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 

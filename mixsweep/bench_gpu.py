@@ -42,7 +42,8 @@ class Utilization:
     """Samples GPU utilization (%) with nvidia-smi every 0.2 s while active."""
 
     def __init__(self, index: int = 0):
-        self.index, self.samples, self._stop = index, [], threading.Event()
+        self.index, self._stop = index, threading.Event()
+        self.samples: list[float] = []
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -187,7 +188,7 @@ def packing(sz: dict[str, Any], log: Log, device: torch.device, one_eager: float
                            "setup": f"{sz['arch']}, train.cuda_graphs, memory loader"}
     with local_ray(None if cuda else max(sz["pack"])):
         for k in sz["pack"]:
-            res = {"cpu": 1, "gpu": 1 / k} if cuda else {"cpu": 1}
+            res: dict[str, float] = {"cpu": 1.0, "gpu": 1 / k} if cuda else {"cpu": 1.0}
             config = {"sizes": {**sz, "pack": list(sz["pack"])}, "cuda": cuda}
             rows = [r for r in run_functions(_pack_trial, [config] * k, res, name=f"pack{k}")
                     if r is not None]
@@ -201,7 +202,7 @@ def packing(sz: dict[str, Any], log: Log, device: torch.device, one_eager: float
     aggs = {k: out[f"trials_{k}"]["aggregate_images_per_s"] for k in sz["pack"]
             if "aggregate_images_per_s" in out[f"trials_{k}"]}
     if aggs:
-        best = max(aggs, key=aggs.get)
+        best = max(aggs, key=lambda k: aggs[k])
         out["best_trials_per_gpu"] = best
         out["ratio_best_vs_one_eager"] = round(aggs[best] / one_eager, 3)
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -150,7 +149,7 @@ def launch(
 
             submit(res.spec, file, dry_run=True, console=console)
         return
-    if res.outcome is None:  # submitted to SLURM (submit printed the job)
+    if res.outcome is None or res.sweep_dir is None:  # submitted to SLURM (submit printed the job)
         return
     from mixsweep.store import SweepPaths
 
@@ -440,4 +439,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -8,9 +8,11 @@ import errno
 import functools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+from typer._click.core import Context
 from typer._click.exceptions import NoArgsIsHelpError  # typer >= 0.29 vendors click
 from typer._click.exceptions import UsageError as ClickUsageError
 from typer.core import TyperGroup
@@ -39,11 +41,11 @@ def _plain_usage_errors() -> Iterator[None]:
 
 
 class PlainErrors(TyperGroup):
-    def make_context(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def make_context(self, *args: Any, **kwargs: Any) -> Context:
         with _plain_usage_errors():
             return super().make_context(*args, **kwargs)
 
-    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+    def invoke(self, ctx: Context) -> Any:
         with _plain_usage_errors():
             return super().invoke(ctx)
 
@@ -56,7 +58,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (SpecError, DataError, UsageError
                                                  SweepLocked, StoreError)
 _AGAIN = "nothing finished is lost: {fix} and run the same command again"
 # the file system refused a write or read: errno -> what to do about it (one line, exit 2)
-_FS_ERRORS = {
+_FS_ERRORS: dict[int | None, str] = {  # keyed as OSError.errno is typed (None: no code)
     errno.ENOSPC: "free space", errno.EDQUOT: "free space (or raise the quota)",
     errno.EROFS: "choose a writable place", errno.EACCES: "fix the permissions",
     errno.EPERM: "fix the permissions",

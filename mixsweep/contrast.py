@@ -201,7 +201,7 @@ def _one(rows_a: pd.DataFrame, rows_b: pd.DataFrame, col: str, paired: bool) -> 
         d = (va - vb).dropna()  # seeds run in both arms with a value in both
         mean, se, df = paired_stats(d.to_numpy())
         ma, mb = va.loc[d.index].mean(), vb.loc[d.index].mean()
-        n = len(d)
+        n: int | str = len(d)  # paired: seeds; Welch: "a+b"
     else:
         xa, xb = (r[col].astype(float).dropna().to_numpy() for r in (rows_a, rows_b))
         mean, se, df = welch_stats(xa, xb)

@@ -99,9 +99,9 @@ def expand(spec: SweepSpec) -> list[TrialConfig]:
     trains = points(spec.train)
     mixups = points(spec.mixup)
     lins = points(spec.linearity)
-    made = {name: _Sections(name, model) for name, model in zip(
-        TRIAL_SECTIONS, (DataConfig, ModelConfig, TrainConfig, MixupConfig, LinearityConfig),
-        strict=True)}
+    models_: tuple[type[BaseModel], ...] = (DataConfig, ModelConfig, TrainConfig, MixupConfig,
+                                            LinearityConfig)
+    made = {name: _Sections(name, model) for name, model in zip(TRIAL_SECTIONS, models_, strict=True)}
     trials: dict[str, TrialConfig] = {}
     for (di, d), (mi, m), (ti, t), (xi, x), (li, lin) in itertools.product(
             enumerate(data), enumerate(models), enumerate(trains), enumerate(mixups),

@@ -125,7 +125,7 @@ def launch(
                           "grid with --dry-run, then pass --yes to run it")
     from mixsweep import placement
 
-    if to_slurm:  # a trial no node can run would wait for ever
+    if to_slurm and spec.slurm is not None:  # a trial no node can run would wait for ever
         placement.check_slurm(placement.Need.of(spec, trials), spec.slurm)
     if dry_run:
         return result

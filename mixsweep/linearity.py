@@ -17,7 +17,9 @@ its softmax.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
+from functools import reduce
 
 import torch
 import torch.nn.functional as F
@@ -116,7 +118,8 @@ def layer_stats(
             w = lam[sl]
             ends = [cap.run(model, probes[perms[j, sl]]) for j in range(k)]
             xw = w.to(probes.dtype)
-            x_mix = sum(xw[:, j].view(-1, *[1] * (probes.dim() - 1)) * probes[perms[j, sl]] for j in range(k))
+            view = (-1, *[1] * (probes.dim() - 1))
+            x_mix = reduce(operator.add, (xw[:, j].view(view) * probes[perms[j, sl]] for j in range(k)))
             mixed = cap.run(model, x_mix)
             for name in paths:
                 interp = sum(w[:, j, None] * ends[j][name] for j in range(k))

@@ -12,6 +12,8 @@ inputs are never modified. The study: Chaudhry et al., arXiv 2210.16413.
 from __future__ import annotations
 
 import math
+import operator
+from functools import reduce
 
 import numpy as np
 import torch
@@ -68,8 +70,9 @@ def mix_apply(
     w = lam.to(device=x.device, dtype=x.dtype)
     wy = lam.to(device=y_onehot.device, dtype=y_onehot.dtype)
     view_x = (b,) + (1,) * (x.dim() - 1)
-    x_mix = sum(w[:, j].view(view_x) * x[perms[j]] for j in range(k))
-    y_mix = sum(wy[:, j, None] * y_onehot[perms[j]] for j in range(k))
+    # reduce, not sum(): the same additions in the same order, without sum's leading 0
+    x_mix = reduce(operator.add, (w[:, j].view(view_x) * x[perms[j]] for j in range(k)))
+    y_mix = reduce(operator.add, (wy[:, j, None] * y_onehot[perms[j]] for j in range(k)))
     return x_mix, y_mix
 
 
@@ -126,7 +129,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float | torch.Tens
     tensor). ``decay`` may be a 0-d device tensor (a captured CUDA graph reads
     it each replay); a float gives exactly the per-tensor ``lerp_`` results.
     """
-    tp, sp = list(teacher.parameters()), [s.detach() for s in student.parameters()]
+    tp: list[torch.Tensor] = list(teacher.parameters())
+    sp = [s.detach() for s in student.parameters()]
     if len(tp) != len(sp):
         raise ValueError("teacher and student differ in their parameters")
     if isinstance(decay, torch.Tensor):
@@ -138,6 +142,18 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float | torch.Tens
     tb, sb = list(teacher.buffers()), list(student.buffers())
     if tb:
         torch._foreach_copy_(tb, sb)
+
+
+def _given_or_drawn(
+    mix: tuple[torch.Tensor, torch.Tensor] | None, b: int, k: int | None, alpha: float | None,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mix`` where drawn up front, else a fresh ``mix_draw`` (which needs k, alpha, generator)."""
+    if mix is not None:
+        return mix
+    if k is None or alpha is None or generator is None:
+        raise ValueError("a mixing mode needs k, alpha and a generator (or a mix drawn up front)")
+    return mix_draw(b, k, alpha, generator)
 
 
 def mixup_losses(
@@ -165,7 +181,7 @@ def mixup_losses(
     if mode not in MODES:
         raise ValueError(f"unknown mixup mode {mode!r}; allowed: {', '.join(MODES)}")
     if mode in SUPERVISED_MIXING_MODES:
-        mix = mix_sup if mix_sup is not None else mix_draw(x.shape[0], k, alpha, generator)
+        mix = _given_or_drawn(mix_sup, x.shape[0], k, alpha, generator)
         xm, ym = mix_apply(x, one_hot(y, num_classes, x.dtype), *mix)
         sup = soft_cross_entropy(student(xm), ym)
     else:
@@ -179,7 +195,7 @@ def mixup_losses(
         if mode == "mt":  # the control: same teacher, ramp and loss, no mixing
             unsup = consistency_mse(student(xu), p_teacher)
         else:
-            mix = mix_unsup if mix_unsup is not None else mix_draw(xu.shape[0], k, alpha, generator)
+            mix = _given_or_drawn(mix_unsup, xu.shape[0], k, alpha, generator)
             xum, target = mix_apply(xu, p_teacher, *mix)
             unsup = consistency_mse(student(xum), target)
     return {"loss": sup + unsup_weight * unsup, "sup": sup.detach(), "unsup": unsup.detach()}

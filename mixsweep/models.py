@@ -56,7 +56,8 @@ class CNN(nn.Module):
             for mod in self.modules():
                 if isinstance(mod, nn.Conv2d):
                     nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
-                    nn.init.zeros_(mod.bias)
+                    if mod.bias is not None:  # always here: no BN, so the convs have a bias
+                        nn.init.zeros_(mod.bias)
         self.probe_layers = {
             "stem_pre": "conv1",
             "stem": "act1",

@@ -12,7 +12,7 @@ node fits. The decision is the pure function :func:`problem`; no Ray here.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +56,7 @@ def fits(need: Need, node: Mapping[str, float]) -> bool:
     return cpus >= need.cpus and gpus >= need.gpus and (gpus > 0 or not need.cuda)
 
 
-def _nodes_text(nodes: list[Mapping[str, float]]) -> str:
+def _nodes_text(nodes: Sequence[Mapping[str, float]]) -> str:
     shapes: dict[str, int] = {}
     for node in nodes:
         shape = f"{_plural(node.get('CPU', 0.0), 'CPU')} and {_plural(node.get('GPU', 0.0), 'GPU')}"
@@ -64,7 +64,7 @@ def _nodes_text(nodes: list[Mapping[str, float]]) -> str:
     return "; ".join(f"{n} with {shape}" for shape, n in shapes.items())
 
 
-def problem(need: Need, nodes: list[Mapping[str, float]], where: str | None = None) -> str | None:
+def problem(need: Need, nodes: Sequence[Mapping[str, float]], where: str | None = None) -> str | None:
     """Why no node in ``nodes`` can run one trial (one line saying what to change); None if
     one can. ``where``: the Ray cluster's address, or None for this machine (one node)."""
     if any(fits(need, node) for node in nodes):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
@@ -38,11 +39,10 @@ def plan(spec: SweepSpec, trials: list[TrialConfig]) -> dict[str, Any]:
     """What a launch would run: counts, axes, resources and a GPU-hour estimate."""
     res = spec.resources
     epochs = sum(t.train.epochs for t in trials)
-    hints = [t.train.epoch_seconds_hint for t in trials]
+    known = [t.train.epochs * h for t in trials if (h := t.train.epoch_seconds_hint) is not None]
     gpu_hours = None
-    if all(h is not None for h in hints):
-        seconds = sum(t.train.epochs * t.train.epoch_seconds_hint for t in trials)  # type: ignore[operator]
-        gpu_hours = seconds / 3600 * max(res.gpus_per_trial, 0)
+    if len(known) == len(trials):  # every trial has an epoch_seconds_hint
+        gpu_hours = sum(known) / 3600 * max(res.gpus_per_trial, 0)
     by_mode: dict[str, int] = {}
     for t in trials:
         by_mode[t.mixup.mode] = by_mode.get(t.mixup.mode, 0) + 1
@@ -61,7 +61,7 @@ def plan(spec: SweepSpec, trials: list[TrialConfig]) -> dict[str, Any]:
 def keys_help() -> str:
     """Every sweep-file key with its default, generated from the models (for --help)."""
     lines = []
-    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "mixup": MixupConfig,
+    sections: dict[str, type[BaseModel]] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "mixup": MixupConfig,
                 "linearity": LinearityConfig, "resources": ResourcesConfig, "tracking.wandb": WandbConfig, "slurm": SlurmConfig}
     for name, model in sections.items():
         keys = ", ".join(f"{k}={f.default!r}" for k, f in model.model_fields.items())

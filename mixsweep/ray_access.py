@@ -193,7 +193,8 @@ def init_ray(address: str | None, num_cpus: float | None = None,
 def _refresh_auth() -> None:
     """Ray reads RAY_AUTH_MODE and the token when it is imported: read them again (what Ray
     itself does when it turns token auth on for ``ray start``)."""
-    from ray._raylet import AuthenticationTokenLoader, Config
+    # ray/_raylet.pyi (the compiled module's stub) names neither
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
@@ -217,8 +218,8 @@ def _join_settings(address: str) -> tuple[str, str | None]:
         gcs = services.canonicalize_bootstrap_address(address)
     except (ConnectionError, ValueError) as err:
         raise ClusterError(f"--ray-address {address}: {err}") from None
-    hostport = split_address(gcs or "")
-    if hostport is None:
+    hostport = split_address(gcs) if gcs else None
+    if not gcs or hostport is None:
         raise ClusterError(f"--ray-address {address}: not a Ray cluster address (give "
                            "HOST:PORT, the GCS address `ray start --head` printed)")
     why = probe(*hostport)
@@ -241,7 +242,7 @@ def _join_settings(address: str) -> tuple[str, str | None]:
 
 def _probe_gcs(gcs: str) -> str | None:
     """Ray's error text when one GCS client (token and all) cannot talk to ``gcs``; None if it can."""
-    from ray._raylet import InnerGcsClient
+    from ray._raylet import InnerGcsClient  # type: ignore[attr-defined]  # not in ray/_raylet.pyi
 
     try:
         InnerGcsClient.standalone(gcs, None, GCS_PROBE_MS)

@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TextIO, cast
 
 LOG_NAME = "launch.log"
 
@@ -50,8 +51,9 @@ def to_log(path: Path) -> Iterator[Callable[[], None]]:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
+    stream = cast(TextIO, handler.stream)  # typed Optional: None only with delay=True
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.stream.write(f"==== launch pid {os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    stream.write(f"==== launch pid {os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     handler.flush()
     swapped: dict[str, tuple[logging.Logger, list[logging.Handler]]] = {}
 
@@ -68,14 +70,14 @@ def to_log(path: Path) -> Iterator[Callable[[], None]]:
         with contextlib.suppress(Exception):
             stream.flush()
     saved_fd = os.dup(2)
-    os.dup2(handler.stream.fileno(), 2)
+    os.dup2(stream.fileno(), 2)
     saved_stderr = sys.stderr
-    sys.stderr = handler.stream
+    sys.stderr = stream
     try:
         yield reroute
     finally:
         with contextlib.suppress(Exception):
-            handler.stream.flush()
+            stream.flush()
         sys.stderr = saved_stderr
         os.dup2(saved_fd, 2)
         os.close(saved_fd)

@@ -118,7 +118,8 @@ def _load_one(run_dir: Path) -> tuple[str, dict[str, Any], pd.DataFrame, pd.Data
     missing = {"trial_id", "status", "mixup.mode", "data.dataset"} - set(res.trials.columns)
     if missing:
         raise ReportError(f"{run_dir}/results.csv: missing columns {', '.join(sorted(missing))}")
-    name = spec.get("name") if isinstance(spec.get("name"), str) and spec.get("name") else run_dir.name
+    given = spec.get("name")
+    name = given if isinstance(given, str) and given else run_dir.name
     nl = res.layers.dropna(subset=["nl"])[["trial_id", "epoch", "layer", "nl"]] if len(res.layers) else res.layers
     return name, spec, res.trials, res.epochs, nl, [f"{run_dir}: {n}" for n in res.notes]
 

@@ -40,8 +40,11 @@ def mean_sd(values: pd.Series) -> str:
 def early_epoch(data: ReportData) -> int | None:
     """The first epoch of the regular NL cadence (``linearity.every``; the largest when
     sweeps differ, so every trial has it), or None when there is no such column."""
-    every = pd.to_numeric(data.done.get("linearity.every"), errors="coerce")
-    return int(every.max()) if every is not None and every.notna().any() else None
+    col = data.done.get("linearity.every")
+    if col is None:  # pd.to_numeric(None) is nan, not None
+        return None
+    every = pd.to_numeric(col, errors="coerce")
+    return int(every.max()) if every.notna().any() else None
 
 
 def trial_frame(data: ReportData, epoch: int | None) -> pd.DataFrame:

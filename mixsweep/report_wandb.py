@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mixsweep.report_data import ReportData, spec_diff
 from mixsweep.store import atomic_write_text
+
+if TYPE_CHECKING:  # wandb_workspaces is imported where a report is built
+    from wandb_workspaces.reports.v2.interface import MetricType
 
 
 def _wandb_target(data: ReportData) -> tuple[str, str]:
@@ -33,8 +36,8 @@ def build(data: ReportData, entity: str | None = None, project: str | None = Non
     runsets = [wr.Runset(entity=entity, project=project, name=s, filters=f"Group == '{s}'",
                          groupby=["mixup.mode"]) for s in data.sweeps]
     agg: dict[str, Any] = dict(groupby="mixup.mode", groupby_aggfunc="mean", groupby_rangefunc="stddev")
-    nl_final = [wr.SummaryMetric(f"final_nonlinearity/{layer}") for layer in data.layers]
-    nl_target = [wr.SummaryMetric(f"nonlinearity_at_target/{layer}") for layer in data.layers]
+    nl_final: list[MetricType] = [wr.SummaryMetric(f"final_nonlinearity/{layer}") for layer in data.layers]
+    nl_target: list[MetricType] = [wr.SummaryMetric(f"nonlinearity_at_target/{layer}") for layer in data.layers]
     panels: list[Any] = [
         wr.BarPlot(title="Per-layer nonlinearity at the end of training (lower = more linear)",
                    metrics=nl_final, orientation="v", **agg, title_y="nonlinearity NL"),
@@ -89,7 +92,8 @@ def validate_offline(report) -> None:
     for block in report.blocks:
         if isinstance(block, PanelGrid):
             for rs in block.runsets:
-                expr.filters_tree_to_v2(expr.expr_to_filters(rs.filters))
+                # build() gives every runset a filter string (the field also takes expressions)
+                expr.filters_tree_to_v2(expr.expr_to_filters(cast(str, rs.filters)))
             for panel in block.panels:
                 panel._to_model()
         else:

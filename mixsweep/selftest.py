@@ -18,6 +18,7 @@ printed, and the exit code says whether every check passed or was skipped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import io
 import math
@@ -29,13 +30,19 @@ from collections.abc import Callable
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mixsweep import __version__
 from mixsweep.selftest_train import Row, guarded
 from mixsweep.trial import device_problem, nvidia_driver
+
+if TYPE_CHECKING:  # for the annotations only: the checks import these when they run
+    from rich.table import Table
+
+    from mixsweep.data import ArrayDataset
+    from mixsweep.spec import SweepSpec, TrialConfig
 
 Log = Callable[[Row], Row]
 PACKAGES = ("torch", "torchvision", "ray", "wandb")
@@ -166,7 +173,7 @@ def data_rows(trials: list) -> list[Row]:
     return rows or [Row("data", "pass", "embedded", "the sweep reads embedded data only")]
 
 
-def wandb_row(spec) -> Row:  # type: ignore[no-untyped-def]
+def wandb_row(spec: SweepSpec) -> Row:
     """W&B in the sweep's mode: offline, the package imports and the run dir takes a file."""
     from mixsweep.store import SweepPaths
     from mixsweep.tracking import online_problem, wandb_version
@@ -185,7 +192,7 @@ def wandb_row(spec) -> Row:  # type: ignore[no-untyped-def]
 
 
 # --------------------------------------------------------------------------- GPU memory
-def _shaped(cfg) -> Any:  # type: ignore[no-untyped-def]
+def _shaped(cfg: TrialConfig) -> ArrayDataset:
     """Random uint8 data of the dataset's real shape and size (what the memory loader holds)."""
     from mixsweep.data import ArrayDataset, load_dataset
     from mixsweep.names import NUM_CLASSES, TRAIN_SIZES
@@ -201,7 +208,7 @@ def _shaped(cfg) -> Any:  # type: ignore[no-untyped-def]
                         torch.arange(test) % c, c, (0.5,) * 3, (0.25,) * 3, 4, name != "svhn")
 
 
-def peak_bytes(cfg, device: torch.device) -> int:  # type: ignore[no-untyped-def]
+def peak_bytes(cfg: TrialConfig, device: torch.device) -> int:
     """Peak reserved GPU memory of a trial: its data, a few steps (a graph capture too),
     an evaluation and an NL measurement; eager where the sweep compiles (compiling takes
     minutes and changes the peak little)."""
@@ -229,7 +236,7 @@ def peak_bytes(cfg, device: torch.device) -> int:  # type: ignore[no-untyped-def
     return peak
 
 
-def memory_rows(spec, trials: list, device: torch.device) -> list[Row]:  # type: ignore[no-untyped-def]
+def memory_rows(spec: SweepSpec, trials: list[TrialConfig], device: torch.device) -> list[Row]:
     """Per architecture, its heaviest trial's peak memory against the gpus_per_trial share."""
     g = spec.resources.gpus_per_trial
     if device.type != "cuda":
@@ -261,7 +268,7 @@ def memory_rows(spec, trials: list, device: torch.device) -> list[Row]:  # type:
 
 
 # --------------------------------------------------------------------------- the runs
-def _sweep(path: Path | None):  # type: ignore[no-untyped-def]
+def _sweep(path: Path | None) -> tuple[SweepSpec | None, list[TrialConfig]]:
     """The sweep and its trials (SpecError: a bad file, reported by the CLI as one line)."""
     if path is None:
         return None, []
@@ -272,7 +279,7 @@ def _sweep(path: Path | None):  # type: ignore[no-untyped-def]
     return spec, expand(spec)
 
 
-def _place_rows(spec, trials: list) -> list[Row]:  # type: ignore[no-untyped-def]
+def _place_rows(spec: SweepSpec, trials: list[TrialConfig]) -> list[Row]:
     from mixsweep.store import SweepPaths
 
     return (guarded("data", lambda: data_rows(trials))
@@ -294,7 +301,7 @@ def preflight(device_name: str = "auto", sweep: Path | None = None,
         devices = ([torch.device("cuda", i) for i in range(torch.cuda.device_count())]
                    if device.type == "cuda" else [device])
         for dev in devices:
-            rows += map(log, guarded(f"step on {dev}", lambda dev=dev: tiny_step(dev)))
+            rows += map(log, guarded(f"step on {dev}", functools.partial(tiny_step, dev)))
     if spec is None:
         return rows + [log(Row(c, "skip", "", "skipped: no --sweep")) for c in ("data", "runs folder")]
     return rows + list(map(log, _place_rows(spec, trials)))
@@ -363,7 +370,7 @@ def verdict(rows: list[Row]) -> str:
     return f"selftest: OK ({len(rows) - skipped} passed, {skipped} skipped)"
 
 
-def table(rows: list[Row], title: str):  # type: ignore[no-untyped-def]
+def table(rows: list[Row], title: str) -> Table:
     from rich.table import Table
     from rich.text import Text
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
+from collections.abc import Mapping
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
@@ -176,7 +178,7 @@ class TrialConfig(Frozen):
         return {**{n: section_identity(n, getattr(self, n)) for n in TRIAL_SECTIONS},
                 "seed": self.seed}
 
-    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> TrialConfig:
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> TrialConfig:
         copy = super().model_copy(update=update, deep=deep)
         copy.__dict__.pop("trial_id", None)  # another trial: its id is computed anew
         return copy
@@ -251,7 +253,8 @@ def _axis_model(section: type[Frozen]) -> type[BaseModel]:
                 Field(default=[None], min_length=1),
             )
             continue
-        item = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        # Annotated[(t, *meta)] spelled as a call: mypy reads that subscript as 3.11 syntax
+        item = operator.getitem(Annotated, (info.annotation, *info.metadata)) if info.metadata else info.annotation
         fields[name] = (list[item], Field(default=[info.default], min_length=1))  # type: ignore[valid-type]
 
     def _wrap(k: str, v: Any) -> Any:
@@ -264,11 +267,12 @@ def _axis_model(section: type[Frozen]) -> type[BaseModel]:
             return {k: _wrap(k, v) for k, v in data.items()}
         return data
 
-    return create_model(  # type: ignore[call-overload]
+    return create_model(
         f"Sweep{section.__name__}",
         __config__=CONFIG,
         __validators__={
-            "wrap": model_validator(mode="before")(_wrap_scalars),
+            # pydantic types __validators__ as plain callables; it takes decorated ones
+            "wrap": model_validator(mode="before")(_wrap_scalars),  # type: ignore[dict-item]
         },
         **fields,
     )

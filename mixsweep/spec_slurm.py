@@ -24,10 +24,10 @@ def slurm_seconds(time: str) -> int:
     if _MINUTES.match(time):
         seconds = int(time) * 60
     elif re.match(r"^\d{1,3}:\d{2}$", time):
-        m, s = time.split(":")
-        raise ValueError(f"{time!r} is MM:SS to SLURM ({int(m)} minutes {int(s)} seconds); "
-                         f"write HH:MM:SS: '{time}:00' for {int(m)} hours, "
-                         f"'00:{time}' for {int(m)} minutes")
+        mm, ss = time.split(":")
+        raise ValueError(f"{time!r} is MM:SS to SLURM ({int(mm)} minutes {int(ss)} seconds); "
+                         f"write HH:MM:SS: '{time}:00' for {int(mm)} hours, "
+                         f"'00:{time}' for {int(mm)} minutes")
     elif hms := _HMS.match(time):
         h, m, s = (int(x) for x in hms.groups())
         if m >= 60 or s >= 60:

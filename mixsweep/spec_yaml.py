@@ -49,14 +49,14 @@ def _expanded_size(node: yaml.Node, limit: int) -> int:
 class _Loader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses duplicate keys and alias bombs."""
 
-    def compose_document(self):  # type: ignore[no-untyped-def]
+    def compose_document(self):
         node = super().compose_document()
         if node is not None and _expanded_size(node, MAX_VALUES) > MAX_VALUES:
             raise _Problem(f"its aliases (*name) expand to more than {MAX_VALUES} values",
                            node.start_mark)
         return node
 
-    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+    def construct_mapping(self, node, deep=False):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             if isinstance(key_node, yaml.ScalarNode):

@@ -43,6 +43,8 @@ _MIX_STREAM = 2  # epoch_generator stream of mixup's randomness
 class TrialFailed(RuntimeError):
     """The trial cannot go on (non-finite loss); the reason names epoch and step."""
 
+    steps_done: int = 0  # the epoch's steps before the bad one (set by TrainStep.epoch)
+
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -61,6 +63,8 @@ def mixup_draws(mode: str, k: int | None, alpha: float | None, seed: int, epoch:
              if mode in modes]
     if not parts:
         return {}
+    if k is None or alpha is None:
+        raise ValueError(f"mode {mode!r} mixes: it needs k and alpha")
     g = epoch_generator(seed, epoch, _MIX_STREAM)
     lams: dict[str, list[torch.Tensor]] = {p: [] for p in parts}
     perms: dict[str, list[torch.Tensor]] = {p: [] for p in parts}

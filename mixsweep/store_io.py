@@ -8,8 +8,9 @@ import errno
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def file_mode() -> int:
@@ -26,7 +27,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write) -> None:  # type: ignore[no-untyped-def]
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Temp file in the same folder, fsynced, renamed over ``path``, folder fsynced: a crash
     at any point leaves the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +136,7 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
         return [], None
     except OSError as err:
         return [], unreadable(path, err)
-    out = []
+    out: list[dict[str, Any]] = []
     for n, line in enumerate(data.decode(errors="replace").splitlines(), 1):
         if not line.strip():
             continue

@@ -20,13 +20,14 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 from mixsweep.names import WANDB_MODES as MODES
+from mixsweep.names import WandbMode
 from mixsweep.reach import reach
 
 
@@ -54,24 +55,27 @@ class TrialRun:
         # the sweep's resolved mode (--wandb, else the sweep file) is authoritative in the
         # trial's process; a stray WANDB_MODE from the shell (even an empty one) must not win
         root.mkdir(parents=True, exist_ok=True)
-        kwargs = dict(
-            id=run_id(sweep_id, trial_id), name=trial_id, group=sweep,
-            job_type=config.get("mixup.mode"), config=config, project=project, entity=entity,
-            dir=str(root), resume="allow", reinit="finish_previous",
-        )
-        settings = dict(silent=True, console="off", x_disable_stats=True)
+        rid = run_id(sweep_id, trial_id)
+
+        def init(how: WandbMode, **settings: Any) -> Any:
+            return wandb.init(
+                mode=how, id=rid, name=trial_id, group=sweep, job_type=config.get("mixup.mode"),
+                config=config, project=project, entity=entity, dir=str(root), resume="allow",
+                reinit="finish_previous",
+                settings=wandb.Settings(silent=True, console="off", x_disable_stats=True, **settings),
+            )
+
         actual = mode
         try:
             os.environ["WANDB_MODE"] = mode
-            self.run = wandb.init(mode=mode, settings=wandb.Settings(**settings, init_timeout=60),
-                                  **kwargs)
+            self.run = init(cast(WandbMode, mode), init_timeout=60)  # checked against MODES
         except Exception as err:  # online and the service went away since launch checked it
             if mode != "online":
                 raise
             print(f"W&B online failed ({type(err).__name__}); logging offline: "
                   f"upload later with: mixsweep sync {sweep}", file=sys.stderr, flush=True)
             os.environ["WANDB_MODE"] = actual = "offline"
-            self.run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **kwargs)
+            self.run = init("offline")
 
         # the epochs this run already holds: what earlier sessions wrote to their offline files
         # (a SIGKILLed session loses what wandb had not flushed yet), or, online, the steps
@@ -145,7 +149,7 @@ def offline_steps(sweep_root: Path, run_id: str) -> set[int]:
         if data[:4] != b":W&B":
             continue
         for raw in _records(data):
-            rec = pb.Record()
+            rec = pb.Record()  # type: ignore[attr-defined]  # generated protobuf module: no stub
             try:
                 rec.ParseFromString(raw)
             except Exception:  # a damaged record: skip it
@@ -189,7 +193,7 @@ def online_problem(timeout: float = 5.0) -> str | None:
     return reach(host, port, timeout)
 
 
-def usable_mode(mode: str, sweep: str, say) -> str:  # type: ignore[no-untyped-def]
+def usable_mode(mode: str, sweep: str, say: Callable[[str], None]) -> str:
     """``mode``, or 'offline' when it is 'online' and online cannot work (said once)."""
     if mode != "online":
         return mode

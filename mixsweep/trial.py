@@ -234,9 +234,9 @@ def run_trial(
             saved_at = time.monotonic()
         publish(rec)
 
-    for rec in list(run.history):  # checkpointed before a kill, never reported: report now
-        if rec["epoch"] not in done_epochs:
-            publish(rec)
+    for past in list(run.history):  # checkpointed before a kill, never reported: report now
+        if past["epoch"] not in done_epochs:
+            publish(past)
     if not run.history:  # epoch 0: the network at init
         stats = run.measure()
         record({"epoch": 0, "step": 0, "test_acc": run.evaluate(), "train_seconds": 0.0,

@@ -343,9 +343,9 @@ class _Trials(Searcher):
                               **spec: Any) -> bool:
         return True  # no metric to optimize: every trial runs
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self.given >= len(self.configs):
-            return Searcher.FINISHED
+            return Searcher.FINISHED  # type: ignore[return-value]  # Tune's own sentinel, a str its stub leaves out
         self.given += 1
         return {"trial": self.configs[self.given - 1]}
 

@@ -176,3 +176,17 @@ def test_ema_update_first_step_copies_student() -> None:
     ema_update(teacher, student, 0.75)
     for b, t in zip(before, teacher.parameters(), strict=True):
         torch.testing.assert_close(t, b + 0.25)
+
+
+def test_mixing_mode_without_mix_needs_k_alpha_and_generator() -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.randn(4, 1, 2, 2), torch.tensor([0, 1, 2, 0])
+    for k, alpha, g in ((None, 1.0, gen()), (2, None, gen()), (2, 1.0, None)):
+        with pytest.raises(ValueError, match="needs k, alpha and a generator"):
+            mixup_losses("sup", model, None, x, y, None, 3, k=k, alpha=alpha, unsup_weight=0.0,
+                         generator=g)
+    # a mix drawn up front stands in for all three
+    lam, perms = torch.full((4, 2), 0.5, dtype=torch.float64), torch.stack([torch.arange(4)] * 2)
+    out = mixup_losses("sup", model, None, x, y, None, 3, k=None, alpha=None, unsup_weight=0.0,
+                       generator=None, mix_sup=(lam, perms))
+    assert torch.isfinite(out["loss"])

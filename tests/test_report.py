@@ -299,3 +299,16 @@ def test_report_contrast_adds_the_section_and_the_forest_plots(tmp_path):
     assert probs["verdict"] in page
     with pytest.raises(ContrastError, match="--contrast"):
         write_report([run], out, by=None, contrast="mode=sup:nope")
+
+
+def test_early_epoch_without_a_linearity_every_column_is_none() -> None:
+    import pandas as pd
+
+    from mixsweep.report_data import ReportData
+    from mixsweep.report_tables import early_epoch
+
+    empty = pd.DataFrame()
+    done = pd.DataFrame({"status": ["completed", "completed"], "trial_id": ["a", "b"]})
+    assert early_epoch(ReportData(["s"], {}, done, empty, empty, [])) is None
+    done["linearity.every"] = [5, 10]
+    assert early_epoch(ReportData(["s"], {}, done, empty, empty, [])) == 10

@@ -312,3 +312,9 @@ def test_failed_capture_falls_back_to_eager_in_one_line(trial_cfg, monkeypatch) 
     assert log == ["train.cuda_graphs: capture failed (RuntimeError: operation not permitted "
                    "when stream is capturing); running the step eagerly"]
     assert int(step.ctr) == step.steps  # every step of the epoch ran
+
+
+def test_mixup_draws_of_a_mixing_mode_need_k_and_alpha() -> None:
+    assert mixup_draws("erm", None, None, seed=0, epoch=1, steps=2, batch=4) == {}
+    with pytest.raises(ValueError, match="mode 'sup' mixes: it needs k and alpha"):
+        mixup_draws("sup", None, 1.0, seed=0, epoch=1, steps=2, batch=4)

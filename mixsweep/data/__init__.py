@@ -11,9 +11,15 @@ The names are imported on first use: ``mixsweep --help``, ``status`` and
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mixsweep.data.errors import DataError
+
+if TYPE_CHECKING:  # the real names for the type checker (and lint-imports); lazy at run time
+    from mixsweep.data.base import Batch
+    from mixsweep.data.datasets import ArrayDataset, load_dataset
+    from mixsweep.data.loaders import make_loader
+    from mixsweep.data.split import Split, labeled_split
 
 _WHERE = {
     "ArrayDataset": "mixsweep.data.datasets",

@@ -180,7 +180,8 @@ def _read_cifar(name: str, root: Path) -> ArrayDataset:
     folder = root / folder_name
 
     def read(files: list[str]) -> tuple[np.ndarray, list[int]]:
-        xs, ys = [], []
+        xs: list[np.ndarray] = []
+        ys: list[int] = []
         for f in files:
             path = folder / f
             if not path.is_file():
@@ -202,7 +203,7 @@ def _read_svhn(root: Path) -> ArrayDataset:
     """``{train,test}_32x32.mat`` (X: H, W, C, N; y: N x 1 with 10 meaning digit 0)."""
     from scipy import io as sio
 
-    parts = []
+    parts: list[np.ndarray] = []  # train x, y, test x, y
     for split in ("train", "test"):
         path = root / f"{split}_32x32.mat"
         if not path.is_file():
@@ -214,7 +215,8 @@ def _read_svhn(root: Path) -> ArrayDataset:
         except (KeyError, ValueError) as err:
             raise DataError(f"{path}: not an SVHN .mat file ({err!r})") from None
         parts += [x, np.where(y == 10, 0, y)]  # as torchvision: labels 0-9
-    return _build("svhn", *parts, 10, pad=4, flip=False)
+    xtr, ytr, xte, yte = parts
+    return _build("svhn", xtr, ytr, xte, yte, 10, pad=4, flip=False)
 
 
 def _digits() -> ArrayDataset:

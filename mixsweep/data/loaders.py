@@ -57,14 +57,16 @@ def make_loader(
         num_workers: worker processes of the torch loader, threads of FFCV's (None: one
             per core this process may run on; a trial passes its ``cpus_per_trial``).
     """
-    kw = {"augment": augment, "unlabeled": unlabeled, "seed": seed}
     if kind == "memory":
-        return MemoryLoader(data, split, batch_size, device, **kw)
+        return MemoryLoader(data, split, batch_size, device, augment=augment,
+                            unlabeled=unlabeled, seed=seed)
     if kind == "torch":
-        return TorchLoader(data, split, batch_size, device, num_workers=num_workers, **kw)
+        return TorchLoader(data, split, batch_size, device, num_workers=num_workers,
+                           augment=augment, unlabeled=unlabeled, seed=seed)
     if kind == "ffcv":
         if ffcv_dir is None:
             raise ValueError("loader 'ffcv' needs ffcv_dir (data.ffcv_dir)")
         return FfcvLoader(data, split, batch_size, device, ffcv_dir=ffcv_dir,
-                          num_workers=num_workers, **kw)
+                          num_workers=num_workers, augment=augment, unlabeled=unlabeled,
+                          seed=seed)
     raise ValueError(f"unknown loader {kind!r}; allowed: {', '.join(LOADERS)}")

@@ -126,7 +126,8 @@ class TorchLoader(LoaderBase):
         lab, unl = epoch_streams(self.split, self.steps_per_epoch * self.batch_size,
                                  self.seed, epoch, self.unlabeled)
         g = epoch_generator(self.seed, epoch, _SEED_STREAM)
-        for sampler, idx in zip(self.samplers, (lab, unl), strict=False):
+        idxs = [lab] if unl is None else [lab, unl]  # unl: None unless self.unlabeled
+        for sampler, idx in zip(self.samplers, idxs, strict=False):
             sampler.set(idx, torch.randint(0, 2**62, (len(idx),), generator=g))
         streams = [iter(dl) for dl in self.loaders]
         for _ in range(self.steps_per_epoch):
