@@ -323,7 +323,7 @@ def compare(
                              layers=_names(layers))
     except ReportError as err:
         raise UsageError(str(err)) from None
-    shown = done.table["verdict"].str.startswith(done.contrast.a).sum()
+    shown = (~done.table["verdict"].str.startswith("no ")).sum()
     console.print(f"compare {done.contrast}: {len(done.table)} contrasts, {shown} with a verdict", soft_wrap=True)
     for p in done.files:
         console.print(f"  {p}", soft_wrap=True)

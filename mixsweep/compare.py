@@ -101,7 +101,7 @@ def write_compare(run_dirs: list[Path], contrast: str, out_dir: Path, *, early_e
     md, csv, html = out_dir / "compare.md", out_dir / "compare.csv", out_dir / "forest.html"
     atomic_write_text(md, render_markdown(table, c, data.sweeps, notes))
     atomic_write_text(csv, table.to_csv(index=False))
-    figs = contrast_plot.figures(table, str(c), c.a)
+    figs = contrast_plot.figures(table, str(c), c.label)
     _write_html(html, figs, f"mixsweep compare {c}")
     done.files += [md, csv, html]
     if png:

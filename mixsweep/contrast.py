@@ -69,6 +69,11 @@ class Contrast:
     def __str__(self) -> str:
         return f"{self.axis}={self.a}:{self.b}"
 
+    @property
+    def label(self) -> str:
+        """How verdicts name arm A: a mode by itself ("sup"), a number with its axis ("k=4")."""
+        return self.a if self.a[:1].isalpha() else f"{self.axis.rsplit('.', 1)[-1]}={self.a}"
+
 
 def parse_contrast(text: str, results: pd.DataFrame) -> Contrast:
     """``"mixup.mode=sup:erm"`` (axis aliases as for ``--by``), checked against the trials."""
@@ -289,7 +294,7 @@ def adjust(rows: list[dict[str, Any]], c: Contrast, alpha: float = ALPHA) -> pd.
         lows.append(lo)
         highs.append(hi)
         levels.append(1 - level)
-        words.append(verdict(metric, lo, hi, c.a))
+        words.append(verdict(metric, lo, hi, c.label))
     table["CI low"], table["CI high"], table["level"], table["verdict"] = lows, highs, levels, words
     return table
 

@@ -207,7 +207,7 @@ def write_report(run_dirs: list[Path], out: Path, *, by: str | None = DEFAULT_BY
         from mixsweep.contrast import contrast_table
 
         c, table = contrast_table(data, contrast, early_epoch, layers=contrast_layers)
-        for key, fig in contrast_plot.figures(table, str(c), c.a).items():
+        for key, fig in contrast_plot.figures(table, str(c), c.label).items():
             figures[f"contrast_{key}"] = fig
             captions[f"contrast_{key}"] = (f"Contrast {html.escape(str(c))}: one row per cell (and "
                                            "layer), the adjusted interval as a bar, zero marked.")

@@ -17,6 +17,7 @@ from mixsweep.contrast import (
     paired_stats,
     parse_contrast,
     trial_values,
+    verdict,
     welch_stats,
 )
 from mixsweep.report_data import ReportData
@@ -194,3 +195,11 @@ def test_layers_restrict_the_family_and_name_unknown_ones():
     assert row["CI high"] - row["CI low"] < wide["CI high"] - wide["CI low"]
     with pytest.raises(ContrastError, match="no layer 'nope'.*layers: "):
         contrast_table(data, "mode=sup:erm", layers=["mid", "nope"])
+
+
+def test_verdicts_name_a_number_with_its_axis():
+    from mixsweep.contrast import Contrast
+
+    assert Contrast("mixup.mode", "sup", "erm").label == "sup"
+    assert Contrast("mixup.k", "4", "2").label == "k=4"
+    assert verdict("NL", -0.2, -0.1, Contrast("mixup.k", "4", "2").label) == "k=4 more linear"
