@@ -1,7 +1,7 @@
 """A cache of a sweep's parsed curves, so a repeated ``report`` re-reads only what changed.
 
 Beside the row index (:mod:`mixsweep.store_index`, same cache folder, same name
-stem) a sweep of ``MIN_TRIALS`` trials or more keeps the epoch and layer frames
+stem) a sweep of ``store_index.MIN_TRIALS`` trials or more keeps the epoch and layer frames
 that ``results.frames`` built from its metrics.jsonl files (two Parquet files),
 and per trial the file's stat signature, why reading it stopped early, its last
 epoch and the shape of its records (scalar keys, layers). A trial whose
@@ -25,7 +25,8 @@ from typing import Any
 
 import pandas as pd
 
-from mixsweep.store_index import MIN_TRIALS, RACY_NS, Sig, _stat, index_path
+from mixsweep import store_index
+from mixsweep.store_index import RACY_NS, Sig, _stat, index_path
 from mixsweep.store_io import atomic_write_text, read_metrics
 
 VERSION = 1
@@ -167,7 +168,7 @@ class CurveCache:
                 return spliced
             for tid in list(self.hits):  # read every file again
                 del self.hits[tid]
-                self.read(tid)
+                self.fresh[tid] = (*read_metrics(self.trials / tid / "metrics.jsonl"), self._sig(tid))
         epochs, layers = build({t: self.fresh[t][0] for t in order})
         self._save(order, epochs, layers)
         return epochs, layers
@@ -175,7 +176,7 @@ class CurveCache:
     def _save(self, order: list[str], epochs: pd.DataFrame, layers: pd.DataFrame) -> None:
         """Keep the frames and the entries of files old enough to be told apart from a later
         write (a folder not writable: skipped)."""
-        if self.meta is None or len(order) < MIN_TRIALS:
+        if self.meta is None or len(order) < store_index.MIN_TRIALS:
             return
         if not self.fresh and set(self.hits) == set(self.cached) and len(self.hits) == len(order):
             return  # nothing changed
@@ -210,11 +211,10 @@ class CurveCache:
             for kind in ("epochs", "layers"):
                 Path(f"{base}.{kind}.parquet").unlink(missing_ok=True)
             return
-        if self.token:
-            old = self.meta.with_name(f"{self.meta.name.removesuffix('.curves.json')}.{self.token}")
-            for kind in ("epochs", "layers"):
+        stem = self.meta.name.removesuffix(".curves.json")
+        for f in self.meta.parent.glob(f"{stem}.*.parquet"):  # the last ones, and any orphans
+            if not f.name.startswith(f"{stem}.{token}."):
                 try:
-                    Path(f"{old}.{kind}.parquet").unlink(missing_ok=True)
+                    f.unlink()
                 except OSError:
                     pass
-
