@@ -7,7 +7,9 @@ seed), with each copy's trial id, config, accuracy and epochs-to-target varied
 (a few trials failed, a few never reached the target). spec.yaml and
 results.csv are written as the driver writes them. Each command runs in its own
 Python process: wall seconds (Python's start included: what a user waits for) and
-the process's own peak memory (VmHWM).
+the process's own peak memory (VmHWM). ``status`` and ``report`` are timed cold (an
+empty cache folder: no row index, no curve cache) and warm (the same command again,
+its caches kept); ``report --markdown`` warm.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -107,9 +110,12 @@ runpy.run_module('mixsweep.cli', run_name='__main__')
 """
 
 
-def timed(args: list[str]) -> dict[str, float]:
-    """Run ``mixsweep ARGS`` in a fresh Python process: wall and CPU seconds, its peak MB."""
+def timed(args: list[str], cache: Path | None = None) -> dict[str, float]:
+    """Run ``mixsweep ARGS`` in a fresh Python process: wall and CPU seconds, its peak MB;
+    ``cache``: the cache folder it gets (XDG_CACHE_HOME)."""
     env = dict(os.environ, COLUMNS="120", WANDB_MODE="offline", RAY_USAGE_STATS_ENABLED="0")
+    if cache is not None:
+        env["XDG_CACHE_HOME"] = str(cache)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", _RUN, *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -125,9 +131,10 @@ def timed(args: list[str]) -> dict[str, float]:
 
 
 def store_bench(quick: bool = False, log: Log = print, sizes: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """Time ``status``, ``report`` and ``report --markdown`` at each size."""
+    """Time ``status`` and ``report`` (cold and warm) and ``report --markdown`` at each size."""
     out: dict[str, Any] = {"method": "fresh `python -m mixsweep.cli` per command: wall s (Python start "
-                           "included), peak RSS MB; folder from one real trial's files"}
+                           "included), CPU s, peak RSS MB; cold: an empty cache folder, warm: the "
+                           "same command again; folder from one real trial's files"}
     with tempfile.TemporaryDirectory(prefix="mixsweep-bench-store-") as tmp:
         t0 = time.perf_counter()
         files = real_trial(Path(tmp) / "real")
@@ -139,12 +146,16 @@ def store_bench(quick: bool = False, log: Log = print, sizes: tuple[int, ...] | 
             trials = sum(1 for _ in (root / "trials").iterdir())
             log(f"store: built {trials} trials in {time.perf_counter() - t0:.1f} s")
             html, md = Path(tmp) / f"r{n}.html", Path(tmp) / f"t{n}.md"
-            row = {"trials": trials,
-                   "status": timed(["status", str(root)]),
-                   "report": timed(["report", str(root), "--out", str(html)]),
-                   "report_markdown": timed(["report", str(root), "--out", str(html), "--markdown", str(md)])}
-            log(f"store: {trials} trials: status {row['status']}, report {row['report']}, "
-                f"report --markdown {row['report_markdown']}")
+            cache = Path(tmp) / f"cache{n}"
+            row: dict[str, Any] = {"trials": trials}
+            for cmd, args in (("status", ["status", str(root)]),
+                              ("report", ["report", str(root), "--out", str(html)])):
+                shutil.rmtree(cache, ignore_errors=True)  # cold: no row index, no curve cache
+                row[f"{cmd}_cold"] = timed(args, cache)
+                row[f"{cmd}_warm"] = timed(args, cache)
+            row["report_markdown_warm"] = timed(["report", str(root), "--out", str(html),
+                                                 "--markdown", str(md)], cache)
+            log(f"store: {trials} trials: " + ", ".join(f"{k} {v}" for k, v in row.items() if k != "trials"))
             out[f"n{trials}"] = row
     return out
 

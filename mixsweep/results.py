@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from mixsweep.store import SweepPaths, read_metrics, read_sweep
+from mixsweep.store import SweepPaths, read_sweep
+from mixsweep.store_curves import CurveCache
 
 EPOCH_KEYS = ("trial_id", "epoch")
 LAYER_COLUMNS = ("trial_id", "epoch", "layer", "nl", "cos")
@@ -82,17 +83,19 @@ def _cut_notes(why_by_trial: dict[str, str]) -> list[str]:
 def load_results(run_dir: str | Path) -> Results:
     """Read one sweep folder (``runs/<sweep>``) into three frames (see :class:`Results`).
 
+    Sweeps of 500 trials or more keep their rows and parsed curves in the user's cache
+    folder (``store_index``, ``store_curves``): a repeated read parses only what changed.
     Raises ``store.StoreError`` when neither spec.yaml nor results.csv can be read.
     """
     sp = SweepPaths(Path(run_dir))
-    histories: dict[str, tuple[list[dict[str, Any]], str | None]] = {}
-    name, trials, notes = read_sweep(sp, histories=histories)
-    kept, cut = {}, {}
-    for tid, status in zip(trials["trial_id"], trials["status"], strict=True):
-        tid = str(tid)
-        records, why = histories[tid] if tid in histories else read_metrics(sp.trial(tid).metrics)
+    curves = CurveCache(sp.root)
+    # the rows as the row index keeps them; the finished ones' epochs_done from metrics.jsonl
+    name, trials, notes = read_sweep(sp, curves=False, epochs_done=curves.last_epoch)
+    order = [str(t) for t in trials["trial_id"]]
+    epochs, layers = curves.frames(order, frames)
+    cut = {}
+    for tid, status in zip(order, trials["status"], strict=True):
+        why = curves.read(tid)[1]
         if why and status != "unreadable":  # an unreadable trial has its note already
             cut[tid] = why
-        kept[tid] = records
-    epochs, layers = frames(kept)
     return Results(name, trials, epochs, layers, notes + _cut_notes(cut))

@@ -19,7 +19,7 @@ keeps working.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +143,9 @@ def _grid(sweep: SweepPaths, cached: bool) -> tuple[str, list[str], list[dict[st
 
 def _rows(sweep: SweepPaths, ids: list[str], configs: list[dict[str, Any]], index: RowIndex | None,
           histories: dict[str, tuple[list[dict[str, Any]], str | None]] | None,
-          curves: bool) -> list[dict[str, Any]]:
-    """collect_rows over ids and flat configs, taking the index's rows still current."""
+          curves: bool, epochs_done: Callable[[str], int] | None = None) -> list[dict[str, Any]]:
+    """collect_rows over ids and flat configs, taking the index's rows still current;
+    ``epochs_done`` (see ``read_sweep``) patches the finished trials' rows."""
     rows = []
     for tid, config in zip(ids, configs, strict=True):
         fields = index.row(tid) if index is not None else None
@@ -156,6 +157,8 @@ def _rows(sweep: SweepPaths, ids: list[str], configs: list[dict[str, Any]], inde
         else:  # the same keys in the same order as result_row makes them
             row = {"trial_id": tid, "status": fields.pop("status"),
                    "epochs_done": fields.pop("epochs_done"), **config, **fields}
+        if epochs_done is not None and row["status"] in ("completed", "failed"):
+            row = {**row, "epochs_done": epochs_done(tid)}  # a copy: the index keeps its row
         rows.append(row)
     if index is not None:
         index.save()
@@ -285,7 +288,8 @@ def _unreadable_notes(rows: list[dict[str, Any]], spec_file: Path) -> list[str]:
 
 def read_sweep(sweep: SweepPaths,
                histories: dict[str, tuple[list[dict[str, Any]], str | None]] | None = None,
-               *, curves: bool = True) -> tuple[str, Any, list[str]]:
+               *, curves: bool = True,
+               epochs_done: Callable[[str], int] | None = None) -> tuple[str, Any, list[str]]:
     """(sweep name, the results table as it stands now, notes on what could not be read).
 
     The table is rebuilt from the trial folders (the source of truth): results.csv is
@@ -294,7 +298,9 @@ def read_sweep(sweep: SweepPaths,
     ``unreadable``. When spec.yaml cannot be read as a sweep (another version's store,
     garbage), results.csv is read as written. Same dtypes as read_results (CSV round trip).
     Raises StoreError when neither can be read. ``histories`` and ``curves``: as for
-    ``collect_rows``.
+    ``collect_rows``. ``epochs_done`` (with ``curves=False``): the last epoch in a trial's
+    metrics.jsonl (0 if none), asked of completed and failed trials only, whose rows then
+    read as with ``curves=True`` while still coming from the row index (the report's rows).
     """
     from mixsweep.spec_errors import SpecError
 
@@ -305,7 +311,7 @@ def read_sweep(sweep: SweepPaths,
         first = (str(err).splitlines() or ["?"])[0]
         frame = _csv_as_written(sweep, notes, first.replace(f"{sweep.spec}: ", ""))
         return sweep.root.name, frame, notes
-    rows = _rows(sweep, ids, configs, index, histories, curves)
+    rows = _rows(sweep, ids, configs, index, histories, curves, epochs_done)
     notes += _unreadable_notes(rows, sweep.spec)
     if name != sweep.root.name:
         notes.append(f"spec.yaml is sweep {name!r}, in folder {sweep.root.name!r} "
