@@ -33,7 +33,7 @@ VERSION = 1
 Records = list[dict[str, Any]]
 Frames = Callable[[dict[str, Records]], tuple[pd.DataFrame, pd.DataFrame]]
 _LAYER_KEYS = ("nl", "cos")
-_UNCACHEABLE = ["?"]  # a signature no stat returns: the file could not be stat-ed
+_UNCACHEABLE: Sig = ["?"]  # a signature no stat returns: the file could not be stat-ed
 
 
 def _code_key() -> str:
@@ -77,7 +77,7 @@ class CurveCache:
         self.shapes: list[list[Any]] = []
         self.token = ""
         self.hits: dict[str, list[Any]] = {}
-        self.fresh: dict[str, tuple[Records, str | None, Sig | None | list[str]]] = {}
+        self.fresh: dict[str, tuple[Records, str | None, Sig | None]] = {}
         try:
             if self.meta is None:
                 raise OSError("no cache folder")
@@ -104,10 +104,10 @@ class CurveCache:
             records, why, _ = self.fresh[tid]
             return (records[-1]["epoch"] if records else 0), why
         sig = self._sig(tid)
-        entry = self.cached.get(tid)
-        if entry is not None and sig is not _UNCACHEABLE and entry[0] == sig:
-            self.hits[tid] = entry
-            return entry[2], entry[1]
+        kept = self.cached.get(tid)
+        if kept is not None and sig is not _UNCACHEABLE and kept[0] == sig:
+            self.hits[tid] = kept
+            return kept[2], kept[1]
         records, why = read_metrics(self.trials / tid / "metrics.jsonl")
         self.fresh[tid] = (records, why, sig)
         return (records[-1]["epoch"] if records else 0), why

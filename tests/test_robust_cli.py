@@ -297,7 +297,7 @@ def test_empty_bench_only_runs_nothing(only: str, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(bench, "run_bench", lambda **k: pytest.fail("the benchmark ran"))
     one_error(["bench", "--only", only], "names no part; allowed: loader, trainer, nonlinearity, "
-              "scheduler, gpu")
+              "scheduler, driver, gpu, store")
 
 
 @pytest.mark.parametrize("figures", ["", ","])
