@@ -20,6 +20,7 @@ round with unfinished trials goes on where it stopped.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,7 @@ def run_rounds(spec: SweepSpec, trials: list[TrialConfig], run: Runner, *,
     ``launch`` passes mixsweep.tune.run_sweep), recording each round in rounds.json.
     ``trials``: the worst-case expansion (every seed 0..max-1). Stops early, state
     "interrupted", when a round's trials did not all finish (a relaunch goes on)."""
+    t0 = time.perf_counter()
     s = seeds_of(spec)
     c, cells = plan_cells(spec, trials)
     plan = make_plan(spec, len(cells))
@@ -241,7 +243,8 @@ def run_rounds(spec: SweepSpec, trials: list[TrialConfig], run: Runner, *,
     record.update(state="done", open=[])
     atomic_write_json(paths.rounds, record)
     say(f"adaptive seeds done after {record['round']} round(s): {len(result.trials)} trials "
-        f"(fixed design at {s.max} seeds: {len(trials)})")
+        f"(fixed design at {s.max} seeds: {len(trials)}); {time.perf_counter() - t0:.0f} s "
+        "this launch")
     return result
 
 

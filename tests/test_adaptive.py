@@ -286,3 +286,27 @@ def test_a_real_adaptive_run_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     final = {c: d["n"] for e in record["rounds"] for c, d in e["cells"].items()}
     assert set(final.values()) <= {2, 3}
     assert SweepPaths.of(spec.runs_dir, spec.name).rounds.is_file()
+
+
+def test_cli_dry_run_and_a_bad_file(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    env = {**os.environ, "WANDB_MODE": "offline", "RAY_USAGE_STATS_ENABLED": "0", "COLUMNS": "200"}
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(yaml.safe_dump(raw_spec(tmp_path)))
+    bad.write_text(yaml.safe_dump(raw_spec(tmp_path, start=1)))
+    run = [sys.executable, "-m", "mixsweep.cli", "launch"]
+    out = subprocess.run([*run, str(good), "--dry-run"], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "rounds of seeds per open cell: 3, 5, 7" in out.stdout and "56 trials" in out.stdout
+    out = subprocess.run([*run, str(bad)], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "error: seeds.start: Input should be greater than or equal to 2 (got 1)"]
+    assert not (tmp_path / "runs").exists()
