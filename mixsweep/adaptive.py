@@ -95,7 +95,7 @@ def plan_cells(spec: SweepSpec, trials: list[TrialConfig]) -> tuple[Any, list[Ce
     by_id = {t.trial_id: t for t in trials}
     out = []
     for label, rows_a, rows_b in cells(frame, c):
-        key = ", ".join(f"{k}={v}" for k, v in label.items()) or "all"
+        key = ", ".join(f"{k.split(' (')[0]}={v}" for k, v in label.items()) or "all"
         arm = (tuple(sorted((by_id[i] for i in rows["trial_id"]), key=lambda t: t.seed))
                for rows in (rows_a, rows_b))
         out.append(Cell(key, *arm))
@@ -257,24 +257,29 @@ def final_decisions(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def adaptive_lines(sweep_dir: str | Path) -> list[str]:
-    """Lines for ``mixsweep status``: the round, the open cells and the decided ones
-    ([] when the sweep is not adaptive or has not started its rounds)."""
+def adaptive_lines(sweep_dir: str | Path, most: int = 40) -> list[str]:
+    """Lines for ``mixsweep status``: the round, then one line per cell (open ones first,
+    with their seeds; decided ones with their interval); [] when the sweep is not adaptive
+    or has not started its rounds. At most ``most`` cell lines."""
     record = read_json(SweepPaths(Path(sweep_dir)).rounds)
-    if not isinstance(record, dict) or "plan" not in record:
+    if not isinstance(record, dict) or not isinstance(record.get("plan"), dict):
         return []
-    planned = record["plan"].get("rounds", [])
-    lines = [f"adaptive seeds ({record.get('contrast')}, {record.get('metric')} at "
-             f"{record.get('at')}): round {record.get('round')} of {len(planned)} "
-             f"({record.get('state')}); {record.get('trials')} trials so far"]
     opened = record.get("open") or []
-    if opened:
-        seeds = record.get("seeds", {})
-        lines.append(f"open cells ({len(opened)} of {record['plan'].get('cells')}): "
-                     + "; ".join(f"{k} [{seeds.get(k, '?')} seeds]" for k in opened))
-    for cell, d in final_decisions(record).items():
+    lines = [f"adaptive seeds ({record.get('contrast')}, {record.get('metric')} at "
+             f"{record.get('at')}): round {record.get('round')} of "
+             f"{len(record['plan'].get('rounds', []))} ({record.get('state')}); "
+             f"{len(opened)} of {record['plan'].get('cells')} cells open; "
+             f"{record.get('trials')} trials so far"]
+    seeds, last = record.get("seeds", {}), final_decisions(record)
+    cells = [*opened, *(c for c in last if c not in opened)]
+    for cell in cells[:most]:
+        d = last.get(cell)
+        ci = (f"A-B [{d['low']:.4g}, {d['high']:.4g}]" if d and d.get("low") is not None
+              else "no interval yet")
         if cell in opened:
-            continue
-        ci = (f"[{d['low']:.4g}, {d['high']:.4g}]" if d.get("low") is not None else "no interval")
-        lines.append(f"  {cell}: {d['status']} after {d['n']} seeds, A-B {ci} (round {d['round']})")
+            lines.append(f"  {cell}: open, running {seeds.get(cell, '?')} seeds; last {ci}")
+        else:
+            lines.append(f"  {cell}: {d['status']} after {d['n']} seeds, {ci}")  # type: ignore[index]
+    if len(cells) > most:
+        lines.append(f"  ... and {len(cells) - most} more cells (runs/<sweep>/rounds.json)")
     return lines

@@ -218,7 +218,9 @@ def test_a_kill_between_rounds_resumes_to_the_same_state(tmp_path: Path) -> None
     assert mid["round"] == 2 and mid["state"] == "running" and len(mid["rounds"]) == 1
     assert len(mid["open"]) == 2
     open_lines = adaptive_lines(Path(spec.runs_dir) / spec.name)
-    assert "round 2 of 3 (running)" in open_lines[0] and "open cells (2 of 4)" in open_lines[1]
+    assert "round 2 of 3 (running); 2 of 4 cells open" in open_lines[0]
+    assert sum("open, running 5 seeds; last A-B [" in ln for ln in open_lines) == 2
+    assert sum(DECIDED_LESS + " after 3 seeds" in ln for ln in open_lines) == 2
 
     again = FakeRunner(spec)
     said: list[str] = []
