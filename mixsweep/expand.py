@@ -117,7 +117,7 @@ def expand(spec: SweepSpec) -> list[TrialConfig]:
             "linearity": made["linearity"].get(li, dict, lin),
         }
         ident = {name: part[1] for name, part in parts.items()}
-        for seed in spec.seeds:
+        for seed in spec.seed_list:
             tid = trial_id_of({**ident, "seed": seed})
             if tid not in trials:
                 cfg = TrialConfig(**{name: part[0] for name, part in parts.items()}, seed=seed)
@@ -133,6 +133,6 @@ def axes(spec: SweepSpec) -> dict[str, list[Any]]:
         for key, value in getattr(spec, name).model_dump().items():
             if isinstance(value, list) and len(value) > 1:
                 out[f"{name}.{key}"] = value
-    if len(spec.seeds) > 1:
-        out["seeds"] = list(spec.seeds)
+    if len(spec.seed_list) > 1:
+        out["seeds"] = spec.seed_list
     return out

@@ -43,10 +43,14 @@ class LaunchResult:
     sweep_dir: Path | None = None
     outcome: Any = None
     job_id: str | None = None
+    rounds: Any = None  # adaptive seeds: mixsweep.adaptive.Rounds (rounds.json's record)
 
     @property
     def done(self) -> bool:
-        """Every trial finished (completed or failed), or nothing to wait for here."""
+        """Every trial finished (completed or failed), or nothing to wait for here; for
+        adaptive seeds, every round needed has run."""
+        if self.rounds is not None:
+            return bool(self.rounds.done)
         return self.outcome is None or self.outcome.done
 
 
@@ -83,6 +87,7 @@ def launch(
     progress: Callable[[dict[str, int]], None] | None = None,
     console: Any = None,
     while_running: AbstractContextManager[Any] | None = None,
+    runner: Callable[[list[TrialConfig]], Any] | None = None,
 ) -> LaunchResult:
     """Run a sweep: locally on Ray Tune, or submitted to SLURM when it has a slurm: section.
 
@@ -108,6 +113,11 @@ def launch(
         progress: called with trial counts as the sweep runs (locally).
         console: a rich Console for the SLURM submission's lines (default: a new one).
         while_running: entered around the local Ray Tune run (the CLI's live progress bar).
+        runner: runs a list of trials instead of mixsweep.tune.run_sweep (tests); it gets
+            the trials and returns an outcome with ``.done``.
+
+    With adaptive seeds (``seeds: {start, max, until}``) the local run goes in rounds
+    (mixsweep.adaptive.run_rounds): ``trials`` is then the worst case, every seed to max.
 
     Returns:
         LaunchResult: the trials, and the sweep folder and outcome of a real launch.
@@ -118,6 +128,13 @@ def launch(
     spec = file_or_spec if isinstance(file_or_spec, SweepSpec) else load_spec(file_or_spec)
     source = str(file_or_spec) if not isinstance(file_or_spec, SweepSpec) else spec.name
     trials = expand(spec)
+    if spec.adaptive is not None:  # a SweepSpec built in Python: the file's checks too
+        from mixsweep.adaptive import check_metric, plan_cells
+        from mixsweep.spec import check_contrast
+
+        check_contrast(spec)
+        check_metric(spec.adaptive.until, trials)
+        plan_cells(spec, trials)
     to_slurm = spec.slurm is not None and not local
     result = LaunchResult(spec, trials, dry_run=dry_run, to_slurm=to_slurm)
     if len(trials) > LARGE_SWEEP and not (yes or dry_run):
@@ -144,13 +161,23 @@ def launch(
         if to_slurm:
             result.job_id = submit(spec, Path(source), dry_run=False, console=console or _console())
             return result
-        from mixsweep.tune import run_sweep
+        if runner is None:
+            from mixsweep.tune import run_sweep
+
+            def runner(batch: list[TrialConfig]) -> Any:
+                return run_sweep(spec, batch, ray_address=ray_address,
+                                 max_concurrent=max_concurrent, wandb_mode=wandb,
+                                 progress=progress, expect_nodes=expect_nodes,
+                                 join_timeout=join_timeout, say=say)
 
         with while_running or nullcontext():
-            result.outcome = run_sweep(spec, trials, ray_address=ray_address,
-                                       max_concurrent=max_concurrent, wandb_mode=wandb,
-                                       progress=progress, expect_nodes=expect_nodes,
-                                       join_timeout=join_timeout, say=say)
+            if spec.adaptive is None:
+                result.outcome = runner(trials)
+            else:
+                from mixsweep.adaptive import run_rounds
+
+                result.rounds = run_rounds(spec, trials, runner, say=say)
+                result.outcome = result.rounds.outcome
     return result
 
 

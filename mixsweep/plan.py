@@ -98,3 +98,8 @@ def print_plan(spec: SweepSpec, trials: list[TrialConfig], console: Console) -> 
                   f"max concurrent: {r['max_concurrent'] or 'all that fit'}; max failures: {r['max_failures']}")
     gh = info["gpu_hours_estimate"]
     console.print("estimated GPU-hours: " + (f"{gh:.1f}" if gh is not None else "— (set train.epoch_seconds_hint)"))
+    if spec.adaptive is not None:  # the rounds' plan; the table and counts are the worst case
+        from mixsweep.adaptive import plan_lines
+
+        for line in plan_lines(spec, trials):
+            console.print(line, markup=False)

@@ -37,6 +37,7 @@ from mixsweep.names import Arch, Dataset, Loader, Mode, WandbMode
 from mixsweep.spec_errors import SpecError, format_errors
 from mixsweep.spec_fields import CONFIG, CONTROL, Float, Frozen, Int, Seed
 from mixsweep.spec_rules import check_grid, label_problem
+from mixsweep.spec_seeds import AdaptiveSeeds, SeedsField, contrast_problem, seed_list
 from mixsweep.spec_slurm import SlurmConfig, cluster_problems
 
 # --------------------------------------------------------------------------- per-trial sections
@@ -302,7 +303,8 @@ class SweepSpec(Frozen):
     train: SweepTrain = SweepTrain()  # type: ignore[valid-type]
     mixup: SweepMixup = SweepMixup()  # type: ignore[valid-type]
     linearity: SweepLinearity = SweepLinearity()  # type: ignore[valid-type]
-    seeds: Annotated[list[Seed], Field(min_length=1)] = [0]
+    # a list (the fixed design) or adaptive seeds added in rounds (mixsweep.spec_seeds)
+    seeds: SeedsField = [0]
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
     slurm: SlurmConfig | None = None
@@ -320,6 +322,15 @@ class SweepSpec(Frozen):
     def _seed_scalar(cls, v: Any) -> Any:
         return [v] if isinstance(v, int) else v
 
+    @property
+    def adaptive(self) -> AdaptiveSeeds | None:
+        """The adaptive seeds, or None for the fixed design (a list)."""
+        return self.seeds if isinstance(self.seeds, AdaptiveSeeds) else None
+
+    @property
+    def seed_list(self) -> list[int]:
+        """Every seed the sweep may run (adaptive: 0..max-1, the worst case)."""
+        return seed_list(self.seeds)
 
 
 # The grid a sweep file may describe before expansion (product of its axes x seeds): a
@@ -331,7 +342,7 @@ LARGE_SWEEP = 1_000
 
 def grid_size(spec: SweepSpec) -> int:
     """An upper bound of the number of trials, computed without expanding the grid."""
-    n = len(spec.seeds)
+    n = len(spec.seed_list)
     for name in _SECTIONS:
         for value in getattr(spec, name).model_dump().values():
             if isinstance(value, list):
@@ -359,4 +370,14 @@ def parse_spec(raw: Any, source: str = "<sweep>") -> SweepSpec:
         raise SpecError([f"{source}: the grid has {size} points (axes x seeds), more than "
                          f"{MAX_GRID}; split it into several sweeps"])
     check_grid(spec.data, spec.train, spec.mixup)
+    check_contrast(spec)
     return spec
+
+
+def check_contrast(spec: SweepSpec) -> None:
+    """Adaptive seeds: their contrast must be an axis of the grid holding both values."""
+    if spec.adaptive is not None:
+        problem = contrast_problem(spec.adaptive.until, {
+            n: getattr(spec, n).model_dump(mode="json") for n in TRIAL_SECTIONS})
+        if problem is not None:
+            raise SpecError([problem])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, get_args
+from typing import Annotated, Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -23,11 +23,9 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
             return []
-        sub = [
-            a
-            for a in (field.annotation, *get_args(field.annotation))
-            if isinstance(a, type) and issubclass(a, BaseModel)
-        ]
+        args = [get_args(a)[0] if get_origin(a) is Annotated else a  # a tagged union's branch
+                for a in (field.annotation, *get_args(field.annotation))]
+        sub = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
         if not sub:
             return []
         model = sub[0]

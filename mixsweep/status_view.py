@@ -85,6 +85,10 @@ def status_table(root: Path) -> RenderableType:
         parts.append(Text(f"{shown}, by mean final accuracy over completed trials; epochs→target: "
                           "median over completed and failed trials, never-reached ones counted as "
                           "later (cens.)"))
+    if SweepPaths(root).rounds.exists():  # an adaptive sweep: its round and open cells
+        from mixsweep.adaptive import adaptive_lines
+
+        parts += [Text(line) for line in adaptive_lines(root)]
     parts += [Text(f"note: {n}") for n in notes]
     return Group(*parts)
 

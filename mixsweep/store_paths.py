@@ -89,6 +89,11 @@ class SweepPaths:
         return self.root / "slurm"
 
     @property
+    def rounds(self) -> Path:
+        """rounds.json: an adaptive sweep's rounds, decisions and open cells (mixsweep.adaptive)."""
+        return self.root / "rounds.json"
+
+    @property
     def lock_file(self) -> Path:
         return self.root / ".lock"
 
