@@ -144,7 +144,8 @@ def test_write_up_verdicts_are_the_compare_files() -> None:
     spec.loader.exec_module(verdicts)
     text = (REPO / "docs" / "reproduction.md").read_text(encoding="utf-8")
     again, found = verdicts.fill(text)
-    assert found == 4 and again == text
+    assert found == 5 and again == text  # 4 compare blocks and the adaptive run's
     for name in ("q1_sup_erm", "q2_unsup_erm", "q2_unsup_mt", "q3_k4_k2"):
         assert f"<!-- compare:{name} " in text
         assert (REPO / "docs" / "reproduction" / name / "compare.md").is_file()
+    assert "<!-- adaptive:q1_adaptive " in text

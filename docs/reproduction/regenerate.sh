@@ -24,6 +24,10 @@ cmp "$q1" mixup.mode=sup:erm q1_sup_erm
 cmp "$q2" mixup.mode=unsup:erm q2_unsup_erm
 cmp "$q2" mixup.mode=unsup:mt q2_unsup_mt
 cmp "$q3" mixup.k=4:2 q3_k4_k2
+# adaptive seeds: Finding 1 with seeds added only where the answer is open (its rounds.json
+# is copied beside the compare outputs for the write-up's block)
+if [[ "${1:-all}" != report ]]; then mixsweep launch sweeps/paper/small/q1_adaptive.yaml; fi
+mkdir -p "$out/q1_adaptive" && cp runs/small_q1_adaptive/rounds.json "$out/q1_adaptive/"
 python3 "$out/verdicts.py"
 # the figures of the write-up
 mixsweep report "$q1" --out "$q1/fig.html" --by depth --where fraction=1 --where batchnorm=true \

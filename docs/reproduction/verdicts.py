@@ -10,6 +10,7 @@ command writes, so a rerun on other hardware updates them. The prose around them
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -64,7 +65,26 @@ def block(name: str, title: str, base: Path = HERE) -> str:
     return "\n".join(out)
 
 
-BLOCK = re.compile(r"(<!-- compare:(\S+) (.*?) -->\n)(.*?)(<!-- /compare:\2 -->)", re.S)
+def adaptive_block(name: str, title: str, base: Path = HERE) -> str:
+    """The rounds and final decisions of an adaptive sweep, from its rounds.json (copied from
+    runs/<sweep>/ into ``base/name``)."""
+    r = json.loads((base / name / "rounds.json").read_text(encoding="utf-8"))
+    plan, rounds = r["plan"], r["rounds"]
+    cells = rounds[-1]["cells"]
+    per_round = ", ".join(f"round {x['round']}: {sum(1 for c in x['cells'].values() if c['status'] == 'open')}"
+                          f" of {len(x['cells'])} cells open after {x['seeds']} seeds" for x in rounds)
+    out = [f"**Adaptive seeds ({title}; `{r['contrast']}`, {r['metric']} at {r['at']}; planned seeds "
+           f"per cell {', '.join(map(str, plan['rounds']))}; alpha {plan['alpha']} spent over the "
+           f"rounds):** {len(rounds)} rounds, {r['trials']} trials ({per_round}).", "",
+           "| cell | seeds | mean A − B | interval at the last look | decision |",
+           "|---|---|---|---|---|"]
+    for label, c in cells.items():
+        out.append(f"| {label} | {c['n']} | {_num(c['mean'])} | [{_num(c['low'])}, {_num(c['high'])}] "
+                   f"| {c['status']} |")
+    return "\n".join(out)
+
+
+BLOCK = re.compile(r"(<!-- (compare|adaptive):(\S+) (.*?) -->\n)(.*?)(<!-- /\2:\3 -->)", re.S)
 
 
 def fill(text: str, base: Path = HERE) -> tuple[str, int]:
@@ -74,7 +94,8 @@ def fill(text: str, base: Path = HERE) -> tuple[str, int]:
     def one(m: re.Match[str]) -> str:
         nonlocal found
         found += 1
-        return f"{m.group(1)}{block(m.group(2), m.group(3), base)}\n{m.group(5)}"
+        make = block if m.group(2) == "compare" else adaptive_block
+        return f"{m.group(1)}{make(m.group(3), m.group(4), base)}\n{m.group(6)}"
 
     return BLOCK.sub(one, text), found
 
