@@ -32,16 +32,22 @@ Log = Callable[[str], None]
 
 
 def _spec(seeds: int) -> Any:
+    """sweeps/quickstart.yaml's grid (written out here: an installed package has no sweeps/
+    folder), 4 labeled fractions, 2 epochs, ``seeds`` seeds."""
     from mixsweep.spec import parse_spec
-    from mixsweep.spec_yaml import load_yaml
 
-    raw = load_yaml(Path(__file__).resolve().parents[1] / "sweeps" / "quickstart.yaml")
-    raw["name"] = "bench_store"
-    raw["data"]["labeled_fraction"] = [0.1, 0.25, 0.5, 1.0]
-    raw["train"].update(epochs=2)
-    raw["linearity"].update(probes=64, every=1)
-    raw["seeds"] = list(range(seeds))
-    return parse_spec(raw)
+    return parse_spec({
+        "name": "bench_store",
+        "data": {"dataset": "digits", "labeled_fraction": [0.1, 0.25, 0.5, 1.0]},
+        "model": {"arch": "cnn", "width": 16},
+        "train": {"epochs": 2, "batch_size": 128, "lr": 0.05, "target_accuracy": 0.95,
+                  "device": "cpu"},
+        "mixup": {"mode": ["erm", "sup", "unsup", "mt"], "k": [2, 3], "alpha": 1.0},
+        "linearity": {"probes": 64, "every": 1},
+        "seeds": list(range(seeds)),
+        "resources": {"cpus_per_trial": 1, "max_concurrent": 2, "max_failures": 2},
+        "tracking": {"wandb": {"project": "mixsweep", "mode": "offline"}},
+    })
 
 
 def real_trial(root: Path) -> dict[str, bytes]:
