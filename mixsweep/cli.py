@@ -367,7 +367,7 @@ def data_prepare(
 def bench(
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     quick: Annotated[bool, typer.Option(help="Tiny sizes (a smoke run, numbers not meaningful).")] = False,
-    only: Annotated[str | None, typer.Option(help="Comma list of parts: loader,trainer,nonlinearity,scheduler,gpu.")] = None,
+    only: Annotated[str | None, typer.Option(help="Comma list of parts: loader,trainer,nonlinearity,scheduler,driver,gpu,store.")] = None,
 ) -> None:
     """Loader / trainer / nonlinearity / scheduler (and GPU) benchmarks, ratios side by side.
 
