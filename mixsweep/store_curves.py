@@ -38,15 +38,7 @@ _UNCACHEABLE: Sig = ["?"]  # a signature no stat returns: the file could not be 
 
 def _code_key() -> str:
     """The modules that read and shape the curves, and pandas: another version, another cache."""
-    here = Path(__file__).parent
-    parts = [pd.__version__]
-    for name in ("results.py", "store_io.py", "store_curves.py"):
-        try:
-            st = (here / name).stat()
-            parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
-        except OSError:
-            parts.append(f"{name}:-")
-    return ";".join(parts)
+    return f"{pd.__version__};" + store_index.code_key("results.py", "store_io.py", "store_curves.py")
 
 
 def scalar_keys(records: Records) -> list[str]:

@@ -33,18 +33,22 @@ ALL_FILES = ("result.json", "metrics.jsonl", "error.json")
 Sig = list[Any]
 
 
-def _code_key() -> str:
-    """Size and mtime of the modules that parse and expand a spec: a changed schema
-    invalidates the cached grid."""
+def code_key(*modules: str) -> str:
+    """Size and mtime of these modules of the package: a cache made by other code is stale."""
     here = Path(__file__).parent
     parts = []
-    for name in ("spec.py", "expand.py", "spec_yaml.py", "names.py", "store.py"):
+    for name in modules:
         try:
             st = (here / name).stat()
             parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
         except OSError:
             parts.append(f"{name}:-")
     return ";".join(parts)
+
+
+def _code_key() -> str:
+    """The modules that parse and expand a spec: a changed schema invalidates the cached grid."""
+    return code_key("spec.py", "expand.py", "spec_yaml.py", "names.py", "store.py")
 
 
 def index_path(root: Path) -> Path | None:
