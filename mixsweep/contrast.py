@@ -125,8 +125,9 @@ def welch_stats(xa: np.ndarray, xb: np.ndarray) -> tuple[float, float, float]:
 
 
 def interval(mean: float, se: float, df: float, alpha: float) -> tuple[float, float]:
-    """Two-sided 1 - alpha t-interval; (nan, nan) when there is no standard error."""
-    if not (math.isfinite(se) and math.isfinite(df)) or df < 1:
+    """Two-sided 1 - alpha t-interval; (nan, nan) when there is no standard error (fewer than
+    2 values, or values all equal: a spread of 0 estimates nothing at n = 3..10)."""
+    if not (math.isfinite(se) and math.isfinite(df)) or df < 1 or se <= 0:
         return math.nan, math.nan
     half = float(stats.t.ppf(1 - alpha / 2, df)) * se
     return mean - half, mean + half
@@ -265,7 +266,8 @@ def raw_rows(data: ReportData, c: Contrast, epoch: int | None,
 # --------------------------------------------------------------------------- verdicts
 
 
-_WORDS = {"NL": ("more linear", "less linear"), ACC: ("more accurate", "less accurate"),
+# what A - B below zero / above zero means: lower NL is more linear, higher accuracy better
+_WORDS = {"NL": ("more linear", "less linear"), ACC: ("less accurate", "more accurate"),
           ETT: ("faster to target", "slower to target")}
 
 
@@ -276,7 +278,7 @@ def verdict(metric: str, lo: float, hi: float, a: str) -> str:
         return f"{a} {below}"
     if lo > 0:
         return f"{a} {above}"
-    return "no difference shown" if math.isfinite(lo) else "no interval (n < 2)"
+    return "no difference shown" if math.isfinite(lo) else "no interval"
 
 
 def adjust(rows: list[dict[str, Any]], c: Contrast, alpha: float = ALPHA) -> pd.DataFrame:

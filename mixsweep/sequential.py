@@ -103,8 +103,9 @@ def decide_one(diffs: Sequence[float], plan: Plan, r: int) -> Decision:
     d = np.asarray(diffs, dtype=float)
     d = d[np.isfinite(d)]
     n = len(d)
-    if n < 2:
-        return Decision(AT_MAX if r == len(plan.rounds) - 1 else OPEN, n, math.nan, math.nan, math.nan)
+    if n < 2 or float(d.std(ddof=1)) == 0:  # no spread: nothing to build an interval from
+        mean = float(d.mean()) if n else math.nan
+        return Decision(AT_MAX if r == len(plan.rounds) - 1 else OPEN, n, mean, math.nan, math.nan)
     mean = float(d.mean())
     half = _crit(plan.look_alpha(r), n - 1) * float(d.std(ddof=1)) / math.sqrt(n)
     lo, hi = mean - half, mean + half

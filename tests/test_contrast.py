@@ -10,6 +10,8 @@ import pytest
 from scipy import stats
 
 from mixsweep.contrast import (
+    ACC,
+    ETT,
     ContrastError,
     cells,
     contrast_table,
@@ -203,3 +205,16 @@ def test_verdicts_name_a_number_with_its_axis():
     assert Contrast("mixup.mode", "sup", "erm").label == "sup"
     assert Contrast("mixup.k", "4", "2").label == "k=4"
     assert verdict("NL", -0.2, -0.1, Contrast("mixup.k", "4", "2").label) == "k=4 more linear"
+
+
+def test_accuracy_words_follow_the_sign_and_no_spread_gives_no_interval():
+    """A - B below zero in accuracy is *less* accurate; identical per-seed differences (a
+    spread of 0, common for whole epochs) give no interval, hence no verdict."""
+    assert verdict(ACC, -0.01, -0.001, "unsup") == "unsup less accurate"
+    assert verdict(ACC, 0.001, 0.01, "unsup") == "unsup more accurate"
+    assert verdict("NL", -0.2, -0.1, "sup") == "sup more linear"
+    assert verdict(ETT, -2.0, -1.0, "sup") == "sup faster to target"
+    mean, se, df = paired_stats(np.array([-1.0, -1.0, -1.0]))
+    lo, hi = interval(mean, se, df, 0.05)
+    assert math.isnan(lo) and math.isnan(hi)
+    assert verdict(ETT, lo, hi, "unsup") == "no interval"

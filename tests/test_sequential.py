@@ -101,3 +101,11 @@ def test_each_status_of_one_look():
     assert open_cells(got) == ["a"]
     with pytest.raises(SequentialError, match="family has 1"):
         decide({"a": [1.0], "b": [2.0]}, Plan((3, 5), cells=1), 0)
+
+
+def test_identical_differences_decide_nothing():
+    """Whole-epoch differences that happen to be equal in every seed have no spread: the rule
+    builds no interval from them (open, or stop at the last look), never a decision."""
+    plan = Plan((3, 5), cells=1)
+    assert decide_one([-1.0, -1.0, -1.0], plan, 0).status == OPEN
+    assert decide_one([-1.0] * 5, plan, 1).status == AT_MAX
