@@ -51,9 +51,9 @@ def to_log(path: Path) -> Iterator[Callable[[], None]]:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
-    stream = cast(TextIO, handler.stream)  # typed Optional: None only with delay=True
+    log_file = cast(TextIO, handler.stream)  # typed Optional: None only with delay=True
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    stream.write(f"==== launch pid {os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    log_file.write(f"==== launch pid {os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     handler.flush()
     swapped: dict[str, tuple[logging.Logger, list[logging.Handler]]] = {}
 
@@ -66,18 +66,18 @@ def to_log(path: Path) -> Iterator[Callable[[], None]]:
             lg.handlers.append(handler)
 
     reroute()
-    for stream in (sys.stdout, sys.stderr):
+    for console in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
-            stream.flush()
+            console.flush()
     saved_fd = os.dup(2)
-    os.dup2(stream.fileno(), 2)
+    os.dup2(log_file.fileno(), 2)
     saved_stderr = sys.stderr
-    sys.stderr = stream
+    sys.stderr = log_file
     try:
         yield reroute
     finally:
         with contextlib.suppress(Exception):
-            stream.flush()
+            log_file.flush()
         sys.stderr = saved_stderr
         os.dup2(saved_fd, 2)
         os.close(saved_fd)
