@@ -200,9 +200,31 @@ def _refresh_auth() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+_BEFORE_LOCAL: dict[str, str | None] = {}  # what a local launch's settings replaced
+
+
 def _local_settings() -> None:
-    apply(local_env())
+    settings = local_env()
+    for key in settings:
+        _BEFORE_LOCAL.setdefault(key, os.environ.get(key))
+    apply(settings)
     ray_constants.ENABLE_RAY_CLUSTER = False  # read at import; the env var tells Ray's children
+    _refresh_auth()
+
+
+def forget_local_settings() -> None:
+    """Undo a local launch's settings once its Ray is shut down: a later SLURM submission
+    from the same process (the Python API) must not pass single-machine mode or the
+    throw-away token to the job, and a later join must not inherit them."""
+    if not _BEFORE_LOCAL:
+        return
+    for key, value in _BEFORE_LOCAL.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _BEFORE_LOCAL.clear()
+    ray_constants.ENABLE_RAY_CLUSTER = _CLUSTERS
     _refresh_auth()
 
 

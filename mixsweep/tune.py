@@ -44,7 +44,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from mixsweep import placement, ray_output, stop
-from mixsweep.ray_access import init_ray, wait_for_nodes
+from mixsweep.ray_access import forget_local_settings, init_ray, wait_for_nodes
 from mixsweep.spec import SweepSpec, TrialConfig
 from mixsweep.store import SweepPaths, atomic_write_json, collect_rows, read_jsonl, write_results
 from mixsweep.tracking import TrialRun, usable_mode
@@ -198,6 +198,7 @@ def run_sweep(
                                 join_timeout=join_timeout, say=say)
                 finally:
                     ray.shutdown()
+                    forget_local_settings()
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -18,7 +18,7 @@ import ray
 from ray import tune
 
 from mixsweep import placement, ray_output
-from mixsweep.ray_access import init_ray
+from mixsweep.ray_access import forget_local_settings, init_ray
 from mixsweep.spec import SweepSpec, TrialConfig
 from mixsweep.store import SweepPaths
 from mixsweep.tune import Progress, _Counts, _run_on_ray
@@ -104,6 +104,7 @@ def run_trivial_sweep(spec: SweepSpec, trials: list[TrialConfig], *,
             t2 = time.perf_counter()
         finally:
             ray.shutdown()
+            forget_local_settings()
             signal.signal(signal.SIGTERM, previous)  # init_ray's stop request handler
     return TrivialRun(trials=len(trials), trials_ok=counts.counts["done"],
                       init_seconds=t1 - t0, fit_seconds=t2 - t1,

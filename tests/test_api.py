@@ -57,8 +57,15 @@ def test_import_of_the_package_stays_light() -> None:
 @pytest.mark.slow
 def test_launch_then_load_results_gives_three_frames_ready_for_groupby(tmp_path: Path) -> None:
     """A real two-trial sweep on Ray through api.launch, read back with load_results."""
+    import os
+
     spec = tiny_spec(tmp_path / "runs")
+    keys = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE")
+    before = {k: os.environ.get(k) for k in keys}
     done = api.launch(spec)
+    # the local Ray's single-machine mode and throw-away token do not outlive it (a SLURM
+    # launch from this process next must not pass them to its job)
+    assert {k: os.environ.get(k) for k in keys} == before
     assert done.outcome is not None and done.outcome.completed == 2 and done.outcome.done
     r = api.load_results(done.sweep_dir)
     assert r.name == "api_tiny" and len(r.trials) == 2 and set(r.trials["status"]) == {"completed"}
